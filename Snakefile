@@ -1,0 +1,23 @@
+# tracetune: tasks.yaml → raw traces → curated traces → Parquet → LoRA adapters → merged model → reports.
+# Each stage has its own rules file; input functions and validation live in rules/common.smk.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/serve.smk"
+include: "rules/collect.smk"
+include: "rules/curate.smk"
+include: "rules/dataset.smk"
+include: "rules/train.smk"
+include: "rules/evaluate.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,176 @@
+"""The agent loop: an OpenAI-compatible endpoint calling MCP tools, recorded as a raw trace."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import jsonschema
+import openai
+
+from tracetune.parsing import normalize_assistant
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    base_url: str
+    model: str
+    api_key_env: str = ""
+    timeout_s: float = 120
+    max_retries: int = 4
+
+    def client(self) -> openai.AsyncOpenAI:
+        # The openai client retries 429, 5xx, connection errors and timeouts with backoff.
+        key = os.environ.get(self.api_key_env, "") if self.api_key_env else ""
+        return openai.AsyncOpenAI(
+            base_url=self.base_url, api_key=key or "EMPTY", timeout=self.timeout_s, max_retries=self.max_retries
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    temperature: float = 0.7
+    seed: int = 0
+    max_turns: int = 8
+    max_tokens: int = 512
+    concurrency: int = 8
+    truncate: int = 4000
+    tool_timeout_s: float = 30
+
+    @classmethod
+    def from_config(cls, collect: dict) -> "Settings":
+        return cls(**{k: v for k, v in collect.items() if k in cls.__dataclass_fields__})
+
+
+class Recorder:
+    """Builds one trace: messages, tool errors, invalid calls, usage and timings."""
+
+    def __init__(self, messages: list[dict]):
+        self.messages = messages
+        self.tool_errors: list[str] = []
+        self.invalid_calls: list[dict] = []
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        self.tools_s = 0.0
+        self.started = time.perf_counter()
+
+    def add_usage(self, usage) -> None:
+        if usage is not None:
+            self.usage["prompt_tokens"] += usage.prompt_tokens or 0
+            self.usage["completion_tokens"] += usage.completion_tokens or 0
+
+    async def run_tool_call(self, toolbox, call: dict) -> None:
+        """Execute one call; a malformed one is answered with a tool error the model can read."""
+        name, raw_args = call["function"]["name"], call["function"]["arguments"]
+        problem, arguments = None, None
+        try:
+            arguments = json.loads(raw_args) if raw_args.strip() else {}
+            if not isinstance(arguments, dict):
+                problem = "arguments must be a JSON object"
+        except json.JSONDecodeError as e:
+            problem = f"arguments are not valid JSON ({e.msg})"
+        if problem is None and not toolbox.has_tool(name):
+            problem = f"unknown tool {name!r}"
+        if problem is None:
+            try:
+                jsonschema.validate(arguments, toolbox.parameters(name))
+            except jsonschema.ValidationError as e:
+                problem = f"arguments do not match the schema: {e.message}"
+        if problem is not None:
+            self.invalid_calls.append({"tool_call_id": call["id"], "reason": problem})
+            self.tool_errors.append(call["id"])
+            content = f"Error: {problem}"
+        else:
+            start = time.perf_counter()
+            result = await toolbox.call(name, arguments)
+            self.tools_s += time.perf_counter() - start
+            if result.is_error:
+                self.tool_errors.append(call["id"])
+            content = result.content
+        self.messages.append({"role": "tool", "tool_call_id": call["id"], "name": name, "content": content})
+
+    def outcome(self, status: str, error: str | None = None) -> dict:
+        turns = sum(1 for m in self.messages if m["role"] == "assistant")
+        return {
+            "messages": self.messages,
+            "tool_errors": self.tool_errors,
+            "invalid_calls": self.invalid_calls,
+            "outcome": {"status": status, "error": error, "turns": turns},
+            "usage": self.usage,
+            "timings": {"total_s": round(time.perf_counter() - self.started, 4), "tools_s": round(self.tools_s, 4)},
+        }
+
+
+def opening_messages(task: dict, system_prompt: str | None) -> list[dict]:
+    return [{"role": "system", "content": system_prompt}] if system_prompt else []
+
+
+async def run_agent(client, endpoint: Endpoint, toolbox, task: dict, tools: list[dict],
+                    settings: Settings, sample: int, system_prompt: str | None) -> dict:
+    """Run the model on every user turn of the task until it answers, or max_turns is spent."""
+    rec = Recorder(opening_messages(task, system_prompt))
+    max_turns = task.get("max_turns", settings.max_turns)
+    turns = 0
+    try:
+        for user_turn in task["prompt"]:
+            rec.messages.append({"role": "user", "content": user_turn})
+            while True:
+                if turns >= max_turns:
+                    return rec.outcome("max_turns")
+                response = await client.chat.completions.create(
+                    model=endpoint.model, messages=rec.messages, tools=tools or openai.NOT_GIVEN,
+                    tool_choice="auto" if tools else openai.NOT_GIVEN,
+                    temperature=task.get("temperature", settings.temperature),
+                    seed=task.get("seed", settings.seed) + sample, max_tokens=settings.max_tokens,
+                )
+                turns += 1
+                rec.add_usage(response.usage)
+                message = normalize_assistant(response.choices[0].message.model_dump(), f"call_{turns}_")
+                rec.messages.append(message)
+                if not message.get("tool_calls"):
+                    break
+                for call in message["tool_calls"]:
+                    await rec.run_tool_call(toolbox, call)
+        return rec.outcome("answered")
+    except openai.APIError as e:
+        # Retries are spent: keep what was collected, with the reason (never the key).
+        return rec.outcome("error", f"{type(e).__name__}: {str(e)[:300]}")
+
+
+async def replay_reference(toolbox, task: dict, system_prompt: str | None) -> dict:
+    """Replay the hand-written plan against the live servers: real tool outputs, the written answers."""
+    rec = Recorder(opening_messages(task, system_prompt))
+    user_turns = iter(task["prompt"])
+    rec.messages.append({"role": "user", "content": next(user_turns)})
+    for i, step in enumerate(task["reference"]):
+        message = {"role": "assistant", "content": step.get("answer", "")}
+        if step.get("think"):
+            message["reasoning_content"] = step["think"]
+        if "tool" in step:
+            call = {"id": f"call_{i}", "type": "function", "function": {
+                "name": step["tool"], "arguments": json.dumps(step.get("arguments", {}), ensure_ascii=False)}}
+            message["tool_calls"] = [call]
+            rec.messages.append(message)
+            await rec.run_tool_call(toolbox, call)
+        else:
+            rec.messages.append(message)
+            next_turn = next(user_turns, None)
+            if next_turn is not None:
+                rec.messages.append({"role": "user", "content": next_turn})
+    return rec.outcome("answered")
+
+
+def resolve_endpoint(endpoint_config: dict, served_url_files=()) -> Endpoint:
+    """The configured endpoint, or the model the workflow serves itself (its URL file)."""
+    if endpoint_config.get("base_url"):
+        return Endpoint(endpoint_config["base_url"], endpoint_config.get("model") or "default",
+                        endpoint_config.get("api_key_env", ""), endpoint_config.get("timeout_s", 120),
+                        endpoint_config.get("max_retries", 4))
+    if not served_url_files:
+        return None
+    from tracetune.serve import wait_for_endpoint
+
+    base_url, model = wait_for_endpoint(list(served_url_files)[0])
+    return Endpoint(base_url, endpoint_config.get("model") or model, "",
+                    endpoint_config.get("timeout_s", 120), endpoint_config.get("max_retries", 4))

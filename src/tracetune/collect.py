@@ -1,0 +1,119 @@
+"""Collect raw traces for tasks: model samples and replayed reference plans, many at once."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import urllib.parse
+from collections.abc import Iterable
+
+from tracetune.agent import Endpoint, Settings, replay_reference, run_agent
+from tracetune.checks import run_check
+from tracetune.config import TaskFile, task_hash
+from tracetune.jsonio import write_jsonl
+from tracetune.mcp_client import ToolBox
+
+log = logging.getLogger(__name__)
+
+
+def public_url(url: str) -> str:
+    """The endpoint as recorded in traces: no credentials, no query string."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def trace_id(task_id: str, sample: int | None) -> str:
+    # Stable across reruns, so hand edits and rejects keyed by trace id keep applying.
+    return f"{task_id}--ref" if sample is None else f"{task_id}--s{sample}"
+
+
+async def run_one(task: dict, taskfile: TaskFile, endpoint: Endpoint | None, settings: Settings,
+                  sample: int | None, client=None) -> dict:
+    """One trace: the reference plan when sample is None, else one model sample. Never raises."""
+    servers = {name: taskfile.servers[name] for name in task["servers"]}
+    header = {
+        "trace_id": trace_id(task["id"], sample), "task_id": task["id"], "sample": sample or 0,
+        "source": "reference" if sample is None else "model",
+        "model": None if sample is None else endpoint.model,
+        "endpoint": None if sample is None else public_url(endpoint.base_url),
+        "spec_hash": task_hash(task, taskfile.servers, taskfile.system_prompt),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "tools": [],
+    }
+    try:
+        # A fresh set of servers per trace: stateful tools (orders) start from the same state.
+        async with ToolBox(servers, truncate=settings.truncate, tool_timeout_s=settings.tool_timeout_s) as toolbox:
+            tools = toolbox.openai_tools(task["servers"], task.get("tools"))
+            header["tools"] = tools
+            if sample is None:
+                body = await replay_reference(toolbox, task, taskfile.system_prompt)
+            else:
+                body = await run_agent(client, endpoint, toolbox, task, tools, settings, sample, taskfile.system_prompt)
+    except Exception as e:  # a server that cannot start must not stop the other traces
+        log.exception("trace %s failed", header["trace_id"])
+        body = {"messages": [], "tool_errors": [], "invalid_calls": [],
+                "outcome": {"status": "error", "error": f"{type(e).__name__}: {e}"[:500], "turns": 0},
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0}, "timings": {"total_s": 0.0, "tools_s": 0.0}}
+    trace = header | body
+    passed, detail = run_check(task["check"], trace) if body["outcome"]["status"] != "error" else (False, "error")
+    trace["check"] = {"passed": passed, "detail": detail}
+    return trace
+
+
+def planned_samples(task: dict, default_samples: int, reference: bool, samples: int | None) -> list[int | None]:
+    n = samples if samples is not None else task.get("samples", default_samples)
+    return ([None] if reference and task.get("reference") else []) + list(range(n))
+
+
+class Progress:
+    """Counts of traces done, failed and running, logged as they change."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.failed, self.running = total, 0, 0, 0
+
+    def finished(self, trace: dict) -> None:
+        self.running -= 1
+        self.done += 1
+        self.failed += trace["outcome"]["status"] == "error"
+        log.info("traces: %d/%d done, %d failed, %d running (%s: %s)", self.done, self.total, self.failed,
+                 self.running, trace["trace_id"], trace["outcome"]["status"])
+
+
+async def acollect(taskfile: TaskFile, task_ids: Iterable[str], endpoint: Endpoint | None, settings: Settings, *,
+                   default_samples: int = 0, reference: bool = True, samples: int | None = None) -> dict[str, list[dict]]:
+    """Collect every planned trace of the given tasks, `settings.concurrency` at a time."""
+    jobs = [(taskfile.tasks[t], s) for t in task_ids
+            for s in planned_samples(taskfile.tasks[t], default_samples, reference, samples)]
+    needs_model = any(s is not None for _, s in jobs)
+    if needs_model and endpoint is None:
+        raise ValueError("model samples were asked for but no endpoint was given")
+    client = endpoint.client() if needs_model else None
+    limit, progress = asyncio.Semaphore(settings.concurrency), Progress(len(jobs))
+
+    async def guarded(task, sample):
+        async with limit:
+            progress.running += 1
+            trace = await run_one(task, taskfile, endpoint, settings, sample, client)
+            progress.finished(trace)
+            return trace
+
+    traces = await asyncio.gather(*(guarded(task, s) for task, s in jobs))
+    by_task: dict[str, list[dict]] = {t: [] for t in task_ids}
+    for trace in traces:
+        by_task[trace["task_id"]].append(trace)
+    return by_task
+
+
+def collect_task(taskfile: TaskFile, task_id: str, endpoint: Endpoint | None, settings: Settings, **kwargs) -> list[dict]:
+    return asyncio.run(acollect(taskfile, [task_id], endpoint, settings, **kwargs))[task_id]
+
+
+def collect_to_file(taskfile: TaskFile, task_id: str, out_path: str, endpoint: Endpoint | None,
+                    settings: Settings, default_samples: int) -> list[dict]:
+    """The collect rule: all traces of one task, written atomically as JSONL."""
+    traces = collect_task(taskfile, task_id, endpoint, settings, default_samples=default_samples)
+    write_jsonl(out_path, traces)
+    return traces

@@ -1,0 +1,201 @@
+"""Load and validate tasks.yaml and config.yaml before anything runs.
+
+Every problem is reported as one line naming the file, the item and the field."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from tracetune.checks import CHECK_KINDS
+from tracetune.jsonio import InputError
+
+SCHEMAS = resources.files("tracetune") / "schemas"
+
+
+def load_schema(name: str) -> dict:
+    return yaml.safe_load((SCHEMAS / name).read_text())
+
+
+def _fill_defaults(validator_class):
+    """A validator that also writes schema defaults into the instance (as Snakemake's validate does)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub:
+                    instance.setdefault(name, sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+DefaultFillingValidator = _fill_defaults(jsonschema.Draft202012Validator)
+
+
+def _location(path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _deepest(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
+    """For oneOf/anyOf, report the branch that got furthest: its message names the real field."""
+    best = error
+    while best.context:
+        best = max(best.context, key=lambda e: len(e.absolute_path))
+        if not best.context:
+            break
+    return best if len(best.absolute_path) >= len(error.absolute_path) else error
+
+
+def validate(instance, schema: dict, where: str, describe=_location) -> None:
+    validator = DefaultFillingValidator(schema, format_checker=jsonschema.FormatChecker())
+    error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
+    if error is not None:
+        error = _deepest(error)
+        raise InputError(f"{where}: {describe(list(error.absolute_path))}: {error.message}")
+
+
+# --- config.yaml -------------------------------------------------------------------------------
+
+SECTIONS = ("endpoint", "collect", "curate", "dataset", "hub", "train", "merge", "evaluate", "report")
+
+
+def load_config(config: dict, where: str = "config.yaml") -> dict:
+    """Validate config in place (filling defaults) against the top-level and section schemas."""
+    validate(config, load_schema("config.schema.yaml"), where)
+    for section in SECTIONS:
+        name = f"config.{section}.schema.yaml"
+        if (SCHEMAS / name).is_file():
+            config.setdefault(section, {})
+            validate(config[section], load_schema(name), where, lambda p, s=section: _location([s, *p]))
+    return config
+
+
+# --- tasks.yaml --------------------------------------------------------------------------------
+
+@dataclass
+class TaskFile:
+    path: str
+    servers: dict[str, dict]
+    tasks: dict[str, dict] = field(default_factory=dict)  # id -> task, in file order
+    system_prompt: str | None = None
+
+    def ids(self, split: str | None = None) -> list[str]:
+        return [i for i, t in self.tasks.items() if split is None or t["split"] == split]
+
+
+def task_hash(task: dict, servers: dict, system_prompt: str | None) -> str:
+    """Everything that decides what collecting a task produces: a change reruns that task."""
+    spec = {"task": task, "servers": {s: servers[s] for s in task["servers"]}, "system": system_prompt}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _describe_task_path(doc: dict):
+    def describe(path) -> str:
+        if len(path) >= 2 and path[0] == "tasks" and isinstance(path[1], int):
+            tasks = doc.get("tasks") or []
+            task_id = tasks[path[1]].get("id") if isinstance(tasks[path[1]], dict) else None
+            label = f"task {task_id!r}" if task_id else f"task #{path[1] + 1}"
+            return f"{label}: {_location(path[2:]) if path[2:] else '(task)'}"
+        return _location(path)
+
+    return describe
+
+
+def _check_kinds(check: dict, where: str) -> None:
+    for kind, spec in check.items():
+        if kind not in CHECK_KINDS:
+            raise InputError(f"{where}: unknown check kind {kind!r} (known: {', '.join(CHECK_KINDS)})")
+        if kind in ("all", "any"):
+            for sub in spec:
+                _check_kinds(sub, where)
+
+
+def load_tasks(path: str | Path) -> TaskFile:
+    path = str(path)
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: task file not found") from None
+    except yaml.YAMLError as e:
+        raise InputError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(doc, dict):
+        raise InputError(f"{path}: expected a mapping with 'servers' and 'tasks'")
+    # Semantic checks first where the schema's message would be vaguer.
+    for i, task in enumerate(doc.get("tasks") or []):
+        if isinstance(task, dict) and isinstance(task.get("check"), dict):
+            _check_kinds(task["check"], f"{path}: task {task.get('id', f'#{i + 1}')!r}: check")
+    validate(doc, load_schema("tasks.schema.yaml"), path, _describe_task_path(doc))
+    taskfile = TaskFile(path, doc["servers"], system_prompt=doc.get("system_prompt"))
+    for task in doc["tasks"]:
+        where = f"{path}: task {task['id']!r}"
+        if task["id"] in taskfile.tasks:
+            raise InputError(f"{where}: id: duplicate task id")
+        unknown = [s for s in task["servers"] if s not in doc["servers"]]
+        if unknown:
+            raise InputError(f"{where}: servers: unknown server {unknown[0]!r} (known: {', '.join(doc['servers'])})")
+        if isinstance(task["prompt"], str):
+            task["prompt"] = [task["prompt"]]
+        answers = sum(1 for step in task.get("reference", []) if "answer" in step)
+        if task.get("reference") and answers != len(task["prompt"]):
+            raise InputError(
+                f"{where}: reference: {answers} answer step(s) for {len(task['prompt'])} user turn(s); "
+                "each user turn needs one answer step"
+            )
+        if task.get("reference") and "answer" not in task["reference"][-1]:
+            raise InputError(f"{where}: reference: the plan must end with an answer step")
+        taskfile.tasks[task["id"]] = task
+    return taskfile
+
+
+def check_reference_tools(taskfile: TaskFile, server_tools: dict[str, list[str]]) -> None:
+    """A reference step must name a tool that one of the task's servers really offers."""
+    for task_id, task in taskfile.tasks.items():
+        offered = {t for s in task["servers"] for t in server_tools.get(s, [])}
+        allowed = set(task.get("tools") or offered)
+        for i, step in enumerate(task.get("reference", [])):
+            tool = step.get("tool")
+            if tool is None:
+                continue
+            if tool not in offered:
+                raise InputError(
+                    f"{taskfile.path}: task {task_id!r}: reference[{i}].tool: "
+                    f"{tool!r} is not a tool of server(s) {', '.join(task['servers'])}"
+                )
+            if tool not in allowed:
+                raise InputError(
+                    f"{taskfile.path}: task {task_id!r}: reference[{i}].tool: {tool!r} is not in the task's tools allowlist"
+                )
+
+
+def cached_server_tools(taskfile: TaskFile, cache_dir: str | Path) -> dict[str, list[str]]:
+    """Tool names of the servers that reference plans use, listed from the live servers once and
+    cached by server spec (the demo servers' code is hashed in too, so editing them re-lists)."""
+    from tracetune.jsonio import write_json
+    from tracetune.mcp_client import list_server_tools
+
+    used = sorted({s for t in taskfile.tasks.values() if t.get("reference") for s in t["servers"]})
+    servers = {name: taskfile.servers[name] for name in used}
+    if not servers:
+        return {}
+    code = "".join(p.read_text() for p in sorted((Path(__file__).parent / "servers").glob("*.py")))
+    key = hashlib.sha256((json.dumps(servers, sort_keys=True) + code).encode()).hexdigest()[:16]
+    cache = Path(cache_dir) / f"server-tools-{key}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    try:
+        tools = list_server_tools(servers)
+    except Exception as e:
+        raise InputError(f"{taskfile.path}: servers: could not list tools ({type(e).__name__}: {e})") from None
+    write_json(cache, tools)
+    return tools

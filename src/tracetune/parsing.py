@@ -1,0 +1,65 @@
+"""Recover reasoning and tool calls from what an endpoint returned.
+
+Servers differ: vLLM splits reasoning into `reasoning_content` (newer: `reasoning`) and parses
+tool calls; others leave a `<think>` block or Hermes `<tool_call>{…}</tool_call>` blocks inside
+the content. Either way the stored message has the structured, OpenAI-shaped form."""
+
+from __future__ import annotations
+
+import json
+import re
+
+THINK = re.compile(r"^\s*<think>(.*?)</think>\s*", re.DOTALL)
+UNCLOSED_THINK = re.compile(r"^\s*<think>(.*)$", re.DOTALL)
+TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+
+
+def split_reasoning(content: str) -> tuple[str | None, str]:
+    """Split a leading <think>…</think> block off the content."""
+    match = THINK.match(content) or UNCLOSED_THINK.match(content)
+    if not match:
+        return None, content
+    return match.group(1).strip(), content[match.end():] if match.re is THINK else ""
+
+
+def split_tool_calls(content: str) -> tuple[list[dict], str]:
+    """Extract Hermes <tool_call> blocks; returns (calls with raw argument text, remaining content).
+
+    A block whose JSON cannot be read is kept as a call named '' with the raw text as
+    arguments, so that the agent records it as malformed instead of dropping it."""
+    calls = []
+    for block in TOOL_CALL.findall(content):
+        try:
+            obj = json.loads(block)
+            name, args = obj.get("name", ""), obj.get("arguments", {})
+            arguments = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+        except (json.JSONDecodeError, AttributeError):
+            name, arguments = "", block
+        calls.append({"type": "function", "function": {"name": name, "arguments": arguments}})
+    remaining = TOOL_CALL.sub("", content).strip() if calls else content
+    return calls, remaining
+
+
+def normalize_assistant(raw: dict, call_id_prefix: str) -> dict:
+    """An assistant message in the stored shape: content, reasoning_content, tool_calls."""
+    content = raw.get("content") or ""
+    reasoning = raw.get("reasoning_content") or raw.get("reasoning")
+    if not reasoning:
+        reasoning, content = split_reasoning(content)
+    calls = [
+        {"type": "function", "id": c.get("id"), "function": {
+            "name": c["function"].get("name") or "",
+            "arguments": c["function"].get("arguments") if isinstance(c["function"].get("arguments"), str)
+            else json.dumps(c["function"].get("arguments") or {}, ensure_ascii=False)}}
+        for c in raw.get("tool_calls") or []
+    ]
+    if not calls and "<tool_call>" in content:
+        calls, content = split_tool_calls(content)
+    message = {"role": "assistant", "content": content.strip()}
+    if reasoning:
+        message["reasoning_content"] = reasoning.strip()
+    if calls:
+        for i, call in enumerate(calls):
+            call["id"] = call.get("id") or f"{call_id_prefix}{i}"
+        message["tool_calls"] = [{"id": c["id"], "type": "function", "function": c["function"]} for c in calls]
+    return message

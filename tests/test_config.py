@@ -1,0 +1,99 @@
+"""tasks.yaml and config.yaml validation: each bad input is one line naming file, task and field."""
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tracetune.config import check_reference_tools, load_config, load_tasks
+from tracetune.jsonio import InputError
+
+GOOD = {
+    "servers": {"shop": {"command": "python", "args": ["-m", "tracetune.servers.shop"]},
+                "remote": {"url": "http://127.0.0.1:9000/mcp"}},
+    "tasks": [
+        {"id": "price-blue", "prompt": "How much is the blue widget?", "servers": ["shop"],
+         "check": {"contains": ["12.50"]},
+         "reference": [{"tool": "get_price", "arguments": {"item": "blue"}}, {"answer": "$12.50"}]},
+        {"id": "two-turns", "prompt": ["a?", "b?"], "servers": ["shop"], "split": "eval",
+         "check": {"any": [{"regex": "a+"}, {"tool_called": "get_price"}]},
+         "reference": [{"answer": "a"}, {"answer": "b"}]},
+    ],
+}
+
+
+def write(tmp_path, doc):
+    path = tmp_path / "tasks.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def error_for(tmp_path, mutate) -> str:
+    doc = copy.deepcopy(GOOD)
+    mutate(doc)
+    with pytest.raises(InputError) as info:
+        load_tasks(write(tmp_path, doc))
+    message = str(info.value)
+    assert "\n" not in message and str(tmp_path / "tasks.yaml") in message
+    return message
+
+
+def test_good_file_is_normalised(tmp_path):
+    tf = load_tasks(write(tmp_path, GOOD))
+    assert tf.ids() == ["price-blue", "two-turns"]
+    assert tf.ids("eval") == ["two-turns"]
+    assert tf.tasks["price-blue"]["prompt"] == ["How much is the blue widget?"]
+    assert tf.tasks["price-blue"]["split"] == "train"
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda d: d["tasks"][0]["servers"].append("nope"), "task 'price-blue': servers: unknown server 'nope'"),
+    (lambda d: d["tasks"][1].update(id="price-blue"), "task 'price-blue': id: duplicate task id"),
+    (lambda d: d["tasks"][0].update(id="../etc"), "task '../etc': id"),
+    (lambda d: d["tasks"][0].update(id="Upper"), "task 'Upper': id"),
+    (lambda d: d["tasks"][0].pop("prompt"), "task 'price-blue'"),
+    (lambda d: d["tasks"][0].update(check={"smells_like": "x"}), "task 'price-blue': check: unknown check kind 'smells_like'"),
+    (lambda d: d["tasks"][1]["check"]["any"].append({"bogus": 1}), "task 'two-turns': check: unknown check kind 'bogus'"),
+    (lambda d: d["tasks"][0].update(split="test"), "task 'price-blue': split"),
+    (lambda d: d["tasks"][1].update(reference=[{"answer": "only one"}]), "task 'two-turns': reference: 1 answer step(s) for 2"),
+    (lambda d: d["servers"]["shop"].pop("command"), "servers.shop"),
+])
+def test_bad_task_file(tmp_path, mutate, expected):
+    message = error_for(tmp_path, mutate)
+    assert expected in message, message
+
+
+def test_missing_prompt_names_field(tmp_path):
+    assert "prompt" in error_for(tmp_path, lambda d: d["tasks"][0].pop("prompt"))
+
+
+def test_reference_tool_missing_from_server(tmp_path):
+    tf = load_tasks(write(tmp_path, GOOD))
+    check_reference_tools(tf, {"shop": ["get_price"]})
+    with pytest.raises(InputError, match=r"task 'price-blue': reference\[0\]\.tool: 'get_price' is not a tool"):
+        check_reference_tools(tf, {"shop": ["search"]})
+
+
+def test_reference_tool_outside_allowlist(tmp_path):
+    doc = copy.deepcopy(GOOD)
+    doc["tasks"][0]["tools"] = ["search"]
+    tf = load_tasks(write(tmp_path, doc))
+    with pytest.raises(InputError, match="not in the task's tools allowlist"):
+        check_reference_tools(tf, {"shop": ["get_price", "search"]})
+
+
+def test_not_yaml(tmp_path):
+    (tmp_path / "tasks.yaml").write_text("tasks: [unclosed")
+    with pytest.raises(InputError, match="not valid YAML"):
+        load_tasks(tmp_path / "tasks.yaml")
+
+
+def test_config_defaults_and_errors():
+    config = load_config({"tasks": "tasks.yaml", "base_model": "bundled:smollm2-135m"})
+    assert config["collect"]["concurrency"] >= 1 and config["endpoint"]["base_url"] == ""
+    with pytest.raises(InputError, match=r"^cfg.yaml: collect.concurrency: 0 is less than the minimum of 1$"):
+        load_config({"tasks": "t", "base_model": "m", "collect": {"concurrency": 0}}, "cfg.yaml")
+    with pytest.raises(InputError, match="collect: Additional properties"):
+        load_config({"tasks": "t", "base_model": "m", "collect": {"concurency": 3}}, "cfg.yaml")
