@@ -17,6 +17,21 @@ include: "rules/train.smk"
 include: "rules/evaluate.smk"
 
 
+# Everything but the heavy compute runs where Snakemake runs: collection and evaluation talk to
+# the loopback model server, the push rules need the network.
+localrules:
+    all,
+    prepare_base_model,
+    collect,
+    curate,
+    curation_report,
+    build_dataset,
+    push_dataset,
+    evaluate,
+    report,
+    push_model,
+
+
 rule all:
     input:
         all_targets(),

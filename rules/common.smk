@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 from tracetune.config import cached_server_tools, check_reference_tools, load_config, load_tasks, task_hash
+from tracetune.curate import edit_paths, read_reject_ids
 from tracetune.jsonio import InputError
 
 
@@ -56,6 +57,12 @@ def task_server_sources(wildcards):
     return paths
 
 
+def served_model_dir(model):
+    """The input of a job that needs `model` served by the workflow itself: its directory (built
+    first; a rebuilt model reruns the job). The job then calls tracetune.serve.shared_endpoint."""
+    return f"data/models/{model}"
+
+
 def uses_local_endpoint():
     return not config["endpoint"]["base_url"]
 
@@ -64,8 +71,92 @@ def collect_endpoint(wildcards):
     """The locally served base model, only when this task has model samples to collect."""
     task = TASKS[wildcards.task]
     samples = task.get("samples", config["collect"]["samples"])
-    return served_model_url("base") if samples and uses_local_endpoint() else []
+    return served_model_dir("base") if samples and uses_local_endpoint() else []
+
+
+
+
+# --- curate and dataset ---------------------------------------------------------------------
+
+
+def task_edits(wildcards):
+    return edit_paths("curation/edits", wildcards.task)
+
+
+def task_rejects(wildcards):
+    return read_reject_ids("curation/reject.txt", wildcards.task)
+
+
+def task_imports(wildcards):
+    """Traces brought in with `tracetune import`, when there are any for this task."""
+    path = Path(f"data/traces/imported/{wildcards.task}.jsonl")
+    return [str(path)] if path.is_file() else []
+
+
+def task_check(wildcards):
+    return TASKS[wildcards.task].get("check")
+
+
+def curated_traces(split=None):
+    return expand("data/traces/curated/{task}.jsonl", task=task_ids(split))
+
+
+def task_splits():
+    return {task: TASKS[task]["split"] for task in task_ids()}
+
+
+# --- evaluate and report --------------------------------------------------------------------
+
+
+def eval_models():
+    return config["evaluate"]["models"]
+
+
+def tuned_models():
+    return [m for m in eval_models() if m != config["report"]["baseline"]]
+
+
+def eval_endpoint_config(model):
+    """A configured endpoint for this model, else None (the workflow serves data/models/{model}).
+    The base model is evaluated where it was collected from when endpoint.base_url is set."""
+    if model in config["evaluate"]["endpoints"]:
+        return config["evaluate"]["endpoints"][model]
+    if model == "base" and config["endpoint"]["base_url"]:
+        return config["endpoint"]
+    return None
+
+
+def eval_endpoint(wildcards):
+    return [] if eval_endpoint_config(wildcards.model) else served_model_dir(wildcards.model)
+
+
+def eval_endpoint_params(wildcards):
+    """Endpoint settings for the script; served models get the shared timeouts only."""
+    configured = eval_endpoint_config(wildcards.model)
+    if configured:
+        return configured
+    return {"base_url": "", "model": "", "timeout_s": config["endpoint"]["timeout_s"],
+            "max_retries": config["endpoint"]["max_retries"]}
+
+
+def eval_loss_input(wildcards):
+    return "data/eval/{model}/loss.json" if config["evaluate"]["loss"]["enabled"] else []
+
+
+def eval_settings():
+    """The agent settings of collection, with the evaluation's own temperature."""
+    return config["collect"] | {"temperature": config["evaluate"]["temperature"]}
+
+
+def eval_spec():
+    """Changes when an eval task or its servers change: then every model is evaluated again."""
+    return {t: task_hash(TASKS[t], TASKFILE.servers, TASKFILE.system_prompt) for t in task_ids("eval")}
+
+
+def report_targets():
+    return ["data/reports/report.html", "data/reports/report.md"]
 
 
 def all_targets():
-    return raw_traces()
+    """The demo's end product: the report, with every stage before it."""
+    return raw_traces() + ["data/reports/curation.json", "data/dataset/train.parquet"] + report_targets()

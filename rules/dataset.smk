@@ -1,0 +1,43 @@
+# dataset: curated traces of every task → data/dataset/{train,eval}.parquet (one row per assistant
+# turn, rendered with the base model's chat template), the dataset card and a report.
+
+
+rule build_dataset:
+    input:
+        code=src("dataset.py"),
+        traces=curated_traces(),
+        base_model="data/models/base",
+    output:
+        train="data/dataset/train.parquet",
+        eval="data/dataset/eval.parquet",
+        card="data/dataset/README.md",
+        report="data/reports/dataset.json",
+    params:
+        splits=task_splits(),
+        dataset=config["dataset"],
+        base_model=config["base_model"],
+    conda:
+        "../envs/tracetune.yaml"
+    log:
+        "logs/dataset/build.log",
+    script:
+        "scripts/build_dataset.py"
+
+
+rule push_dataset:
+    input:
+        code=src("publish.py"),
+        train="data/dataset/train.parquet",
+        eval="data/dataset/eval.parquet",
+        card="data/dataset/README.md",
+    output:
+        "data/reports/pushed_dataset.txt",
+    params:
+        repo=config["hub"]["dataset_repo"],
+        private=config["hub"]["private"],
+    conda:
+        "../envs/tracetune.yaml"
+    log:
+        "logs/dataset/push.log",
+    script:
+        "scripts/push_dataset.py"

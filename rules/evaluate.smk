@@ -1,0 +1,70 @@
+# evaluate: each model in evaluate.models (base = the prepared base model, others = merged tuned runs)
+# runs the split: eval tasks → data/eval/{model}/results.jsonl + summary.json (with the held-out loss);
+# report: base vs tuned → data/reports/report.html, report.md and the figures beside them.
+
+
+
+rule eval_loss:
+    input:
+        code=src("evaluate.py"),
+        model="data/models/{model}",
+        rows="data/dataset/eval.parquet",
+    output:
+        "data/eval/{model}/loss.json",
+    params:
+        loss=config["evaluate"]["loss"],
+    conda:
+        "../envs/tracetune.yaml"
+    log:
+        "logs/evaluate/{model}.loss.log",
+    script:
+        "scripts/eval_loss.py"
+
+
+rule evaluate:
+    input:
+        code=src("evaluate.py", "collect.py", "agent.py", "parsing.py", "checks.py", "mcp_client.py"),
+        endpoint=eval_endpoint,
+        loss=eval_loss_input,
+    output:
+        results="data/eval/{model}/results.jsonl",
+        summary="data/eval/{model}/summary.json",
+    params:
+        spec=eval_spec(),
+        tasks=config["tasks"],
+        settings=eval_settings(),
+        samples=config["evaluate"]["samples"],
+        max_error_rate=config["evaluate"]["max_error_rate"],
+        endpoint=eval_endpoint_params,
+    conda:
+        "../envs/tracetune.yaml"
+    log:
+        "logs/evaluate/{model}.log",
+    script:
+        "scripts/evaluate.py"
+
+
+rule report:
+    input:
+        code=src("report.py", "templates/report.html.j2"),
+        summaries=expand("data/eval/{model}/summary.json", model=eval_models()),
+        results=expand("data/eval/{model}/results.jsonl", model=eval_models()),
+        adapters=expand("data/adapters/{run}", run=tuned_models()),
+        curation="data/reports/curation.json",
+        dataset="data/reports/dataset.json",
+    output:
+        html=report("data/reports/report.html", caption="../report/report_html.rst", category="Evaluation"),
+        md="data/reports/report.md",
+        loss_curve=report("data/reports/loss_curve.png", caption="../report/loss_curve.rst", category="Figures"),
+        success_per_task=report(
+            "data/reports/success_per_task.png", caption="../report/success_per_task.rst", category="Figures"
+        ),
+        tool_validity=report("data/reports/tool_validity.png", caption="../report/tool_validity.rst", category="Figures"),
+    params:
+        report=config["report"],
+    conda:
+        "../envs/tracetune.yaml"
+    log:
+        "logs/report/report.log",
+    script:
+        "scripts/report.py"

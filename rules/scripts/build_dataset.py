@@ -1,0 +1,17 @@
+from tracetune.logs import log_to
+
+log_to(snakemake.log[0])
+
+from tracetune.dataset import build_dataset
+
+build_dataset(
+    list(snakemake.input.traces),
+    snakemake.params.splits,
+    snakemake.input.base_model,
+    train_path=snakemake.output.train,
+    eval_path=snakemake.output.eval,
+    card_path=snakemake.output.card,
+    report_path=snakemake.output.report,
+    max_seq_len=snakemake.params.dataset["max_seq_len"],
+    base_model=snakemake.params.base_model,
+)

@@ -1,0 +1,22 @@
+from tracetune.logs import log_to
+
+log_to(snakemake.log[0])
+
+from pathlib import Path
+
+from tracetune.report import FIGURES, build_report
+
+out = snakemake.output
+metrics = [Path(d) / "metrics.jsonl" for d in snakemake.input.adapters]
+build_report(
+    summaries=snakemake.input.summaries,
+    results=snakemake.input.results,
+    metrics=[str(p) for p in metrics if p.is_file()],
+    curation=snakemake.input.curation,
+    dataset=snakemake.input.dataset,
+    baseline=snakemake.params.report["baseline"],
+    title=snakemake.params.report["title"],
+    html_path=out.html,
+    md_path=out.md,
+    figure_paths={name: out[name] for name in FIGURES},
+)

@@ -1,0 +1,32 @@
+"""transformers + PEFT LoRA model: the CPU path (and a GPU fallback when unsloth is absent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def lora_config(settings: dict):
+    from peft import LoraConfig
+
+    return LoraConfig(r=settings["lora_r"], lora_alpha=settings["lora_alpha"], lora_dropout=settings["lora_dropout"],
+                      use_rslora=settings["use_rslora"], target_modules=list(settings["target_modules"]),
+                      bias="none", task_type="CAUSAL_LM")
+
+
+def load_lora_model(base_model: Path, settings: dict):
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    cuda = torch.cuda.is_available()
+    kwargs = {"dtype": torch.bfloat16 if cuda else torch.float32}  # float32 on CPU: bf16 matmuls are slow there
+    if cuda and settings["load_in_4bit"]:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(base_model, **kwargs)
+    if cuda:
+        model.to("cuda")
+    torch.manual_seed(settings["seed"])  # LoRA A matrices are initialised at random
+    return get_peft_model(model, lora_config(settings)), "cuda" if cuda else "cpu"

@@ -1,0 +1,283 @@
+"""Curate raw traces: validate, apply hand edits and rejects, filter, deduplicate.
+
+A trace is kept when it is not rejected by hand, its check passes (re-run here, so hand edits are
+judged too), it ended with an answer, every tool call is valid (known tool, JSON-object arguments
+valid against the tool's parameters schema) and, optionally, no tool error went unrecovered.
+Exact and near duplicates (same calls and arguments, same normalised text) are dropped.
+
+Hand edits live in `curation/edits/{trace_id}.json` (a full trace with the same trace_id; trace
+ids are `{task}--…`, so the file name tells which task's curate job reads it) and rejects in
+`curation/reject.txt` (one trace id per line, `#` comments).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections import Counter
+from functools import cache
+from pathlib import Path
+
+import jsonschema
+
+from tracetune.checks import run_check
+from tracetune.config import load_schema, validate
+from tracetune.jsonio import InputError, read_jsonl, write_json, write_jsonl
+
+# Reasons a trace is dropped, in the order they are tested (a trace counts under its first reason).
+REASONS = ("rejected", "not_answered", "check_failed", "invalid_tool_call", "unrecovered_tool_error", "duplicate")
+
+
+@cache
+def _trace_schema() -> dict:
+    return load_schema("trace.schema.yaml")
+
+
+def validate_trace(trace: dict, where: str) -> None:
+    """Schema check of one trace; `where` names the file and line."""
+    validate(trace, _trace_schema(), where)
+    where = f"{where}: trace {trace['trace_id']!r}"
+    for i, message in enumerate(trace["messages"]):
+        for j, call in enumerate(message.get("tool_calls") or []):
+            if not isinstance(call["function"]["arguments"], str):
+                raise InputError(f"{where}: messages[{i}].tool_calls[{j}].function.arguments: must be a JSON string")
+
+
+# --- hand edits and rejects ---------------------------------------------------------------------
+
+def task_of_trace_id(trace_id: str) -> str:
+    """Trace ids are `{task}--{suffix}`: the task is everything before the last `--`."""
+    return trace_id.rsplit("--", 1)[0]
+
+
+def edit_paths(edits_dir: str | Path, task_id: str) -> list[str]:
+    """The edit files that belong to one task (what the curate rule lists as its inputs)."""
+    paths = sorted(Path(edits_dir).glob("*.json")) if Path(edits_dir).is_dir() else []
+    return [str(p) for p in paths if task_of_trace_id(p.stem) == task_id]
+
+
+def read_reject_ids(path: str | Path, task_id: str | None = None) -> list[str]:
+    """Trace ids listed in reject.txt (blank lines and `#` comments ignored), optionally one task's."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    ids = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        trace_id = line.split("#", 1)[0].strip()
+        if trace_id and (task_id is None or task_of_trace_id(trace_id) == task_id):
+            ids.append(trace_id)
+    return sorted(set(ids))
+
+
+def load_edit(path: str | Path, task_id: str, known_ids: set[str]) -> dict:
+    path = Path(path)
+    try:
+        trace = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(trace, dict):
+        raise InputError(f"{path}: expected a JSON object (a full trace)")
+    validate_trace(trace, str(path))
+    if trace["trace_id"] != path.stem:
+        raise InputError(f"{path}: trace_id: {trace['trace_id']!r} does not match the file name {path.stem!r}")
+    if trace["task_id"] != task_id:
+        raise InputError(f"{path}: task_id: {trace['task_id']!r}, expected {task_id!r}")
+    if trace["trace_id"] not in known_ids:
+        raise InputError(f"{path}: trace_id: unknown trace {trace['trace_id']!r} (not in the collected traces)")
+    # A hand edit is user input: a call to a tool the trace does not offer is a mistake, not data.
+    known_tools = tool_schemas(trace)
+    for i, message in enumerate(trace["messages"]):
+        for j, call in enumerate(message.get("tool_calls") or []):
+            if call["function"]["name"] not in known_tools:
+                raise InputError(f"{path}: messages[{i}].tool_calls[{j}].function.name: "
+                                 f"unknown tool {call['function']['name']!r} (not in the trace's tools)")
+    return trace
+
+
+# --- filters ------------------------------------------------------------------------------------
+
+def tool_schemas(trace: dict) -> dict[str, dict]:
+    return {t["function"]["name"]: t["function"].get("parameters") or {} for t in trace.get("tools") or []}
+
+
+def invalid_tool_call(trace: dict) -> str | None:
+    """Why the first invalid tool call is invalid, or None when all are valid."""
+    schemas = tool_schemas(trace)
+    for message in trace["messages"]:
+        for call in message.get("tool_calls") or []:
+            name, raw = call["function"]["name"], call["function"]["arguments"]
+            if name not in schemas:
+                return f"{call['id']}: unknown tool {name!r}"
+            try:
+                arguments = json.loads(raw) if raw.strip() else {}
+            except json.JSONDecodeError:
+                return f"{call['id']}: arguments are not JSON"
+            if not isinstance(arguments, dict):
+                return f"{call['id']}: arguments are not a JSON object"
+            error = jsonschema.exceptions.best_match(
+                jsonschema.validators.validator_for(schemas[name])(schemas[name]).iter_errors(arguments))
+            if error is not None:
+                return f"{call['id']}: {name}: {error.message}"
+    return None
+
+
+def unrecovered_tool_errors(trace: dict) -> list[str]:
+    """Ids of failed calls not followed by a successful call of the same tool."""
+    errors = set(trace.get("tool_errors") or [])
+    calls = [(c["id"], c["function"]["name"]) for m in trace["messages"] for c in m.get("tool_calls") or []]
+    answered = {m.get("tool_call_id") for m in trace["messages"] if m["role"] == "tool"}
+    unrecovered = []
+    for i, (call_id, name) in enumerate(calls):
+        if call_id in errors and not any(
+                later_name == name and later_id not in errors and later_id in answered
+                for later_id, later_name in calls[i + 1:]):
+            unrecovered.append(call_id)
+    return unrecovered
+
+
+def drop_reason(trace: dict, check: dict | None, rejected: set[str], drop_unrecovered: bool) -> str | None:
+    if trace["trace_id"] in rejected:
+        return "rejected"
+    if (trace.get("outcome") or {}).get("status") != "answered":
+        return "not_answered"
+    passed = run_check(check, trace)[0] if check else (trace.get("check") or {}).get("passed", False)
+    if not passed:
+        return "check_failed"
+    if invalid_tool_call(trace):
+        return "invalid_tool_call"
+    if drop_unrecovered and unrecovered_tool_errors(trace):
+        return "unrecovered_tool_error"
+    return None
+
+
+# --- duplicates ---------------------------------------------------------------------------------
+
+def normalise_text(text: str | None) -> str:
+    """Case, accents, punctuation and spacing do not make two traces different."""
+    text = unicodedata.normalize("NFKC", text or "").casefold()
+    return " ".join(re.sub(r"[^\w\s]", " ", text).split())
+
+
+def dedup_key(trace: dict) -> str:
+    """Same task, same calls with the same arguments (key order ignored), same normalised text
+    of user and assistant turns. Reasoning is left out: two runs that say and do the same differ
+    only in wording nobody sees."""
+    steps = []
+    for message in trace["messages"]:
+        if message["role"] in ("user", "assistant"):
+            steps.append([message["role"], normalise_text(message.get("content"))])
+        for call in message.get("tool_calls") or []:
+            try:
+                arguments = json.loads(call["function"]["arguments"] or "{}")
+            except json.JSONDecodeError:
+                arguments = call["function"]["arguments"]
+            steps.append(["call", call["function"]["name"], json.dumps(arguments, sort_keys=True)])
+    return json.dumps([trace["task_id"], steps])
+
+
+def reasoning_chars(trace: dict) -> int:
+    return sum(len(m.get("reasoning_content") or "") for m in trace["messages"])
+
+
+def drop_duplicates(traces: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Keep one trace per key: the one with the most reasoning (more to learn from), then the
+    smallest trace id; kept traces stay in their input order."""
+    best: dict[str, dict] = {}
+    for trace in traces:
+        key = dedup_key(trace)
+        current = best.get(key)
+        if current is None or (-reasoning_chars(trace), trace["trace_id"]) < (
+                -reasoning_chars(current), current["trace_id"]):
+            best[key] = trace
+    winners = {id(t) for t in best.values()}
+    return [t for t in traces if id(t) in winners], [t for t in traces if id(t) not in winners]
+
+
+# --- one task -----------------------------------------------------------------------------------
+
+def strip_system_prompt(trace: dict, system_prompt: str | None) -> dict:
+    """Drop the guiding system prompt used while collecting (the leading system message that
+    equals tasks.yaml's `system_prompt`); other system messages are the trace's own."""
+    messages = trace["messages"]
+    if system_prompt and messages and messages[0]["role"] == "system" and messages[0]["content"] == system_prompt:
+        return trace | {"messages": messages[1:]}
+    return trace
+
+
+def read_raw_traces(path: str | Path, task_id: str) -> list[dict]:
+    traces, seen = [], set()
+    for lineno, trace in read_jsonl(path):
+        where = f"{path}:{lineno}"
+        validate_trace(trace, where)
+        if trace["task_id"] != task_id:
+            raise InputError(f"{where}: task_id: {trace['task_id']!r}, expected {task_id!r}")
+        if trace["trace_id"] in seen:
+            raise InputError(f"{where}: trace_id: duplicate trace id {trace['trace_id']!r}")
+        seen.add(trace["trace_id"])
+        traces.append(trace)
+    return traces
+
+
+def curate_task(task_id: str, raw_path: str | Path, *, check: dict | None, edits: list[str] = (),
+                imported: list[str] = (),
+                rejected: list[str] = (), system_prompt: str | None = None,
+                keep_system_prompt: bool = False, drop_unrecovered_tool_errors: bool = True
+                ) -> tuple[list[dict], dict]:
+    """Return (kept traces, stats) for one task. `check` is the task's check spec (None: trust
+    the `check.passed` recorded at collection); `imported` are traces brought in by
+    `tracetune import` (data/traces/imported/{task}.jsonl)."""
+    traces = [t for path in [raw_path, *imported] for t in read_raw_traces(path, task_id)]
+    ids = [t["trace_id"] for t in traces]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise InputError(f"{imported[0] if imported else raw_path}: trace_id: {dup!r} appears twice")
+    by_id = {t["trace_id"]: t for t in traces}
+    edited = [load_edit(path, task_id, set(by_id)) for path in edits]
+    for trace in edited:
+        by_id[trace["trace_id"]] = trace
+    traces = [by_id[t["trace_id"]] for t in traces]
+
+    reasons: Counter = Counter()
+    dropped: dict[str, str] = {}
+    candidates = []
+    for trace in traces:
+        reason = drop_reason(trace, check, set(rejected), drop_unrecovered_tool_errors)
+        if reason:
+            reasons[reason] += 1
+            dropped[trace["trace_id"]] = reason
+        else:
+            candidates.append(trace)
+    kept, duplicates = drop_duplicates(candidates)
+    reasons["duplicate"] += len(duplicates)
+    dropped.update({t["trace_id"]: "duplicate" for t in duplicates})
+    if not keep_system_prompt:
+        kept = [strip_system_prompt(t, system_prompt) for t in kept]
+    stats = {
+        "task_id": task_id, "raw": len(traces), "kept": len(kept), "edited": sorted(t["trace_id"] for t in edited),
+        "dropped": {reason: reasons[reason] for reason in REASONS}, "dropped_traces": dropped,
+    }
+    return kept, stats
+
+
+def curate_to_files(task_id: str, raw_path: str, out_path: str, stats_path: str, **settings) -> dict:
+    kept, stats = curate_task(task_id, raw_path, **settings)
+    write_jsonl(out_path, kept)
+    write_json(stats_path, stats)
+    return stats
+
+
+def write_curation_report(stats_paths: list[str], out_path: str) -> dict:
+    """Aggregate per-task stats: counts per task and per reason."""
+    per_task = {}
+    for path in stats_paths:
+        stats = json.loads(Path(path).read_text(encoding="utf-8"))
+        per_task[stats["task_id"]] = {k: stats[k] for k in ("raw", "kept", "dropped", "edited")}
+    totals = {
+        "raw": sum(s["raw"] for s in per_task.values()),
+        "kept": sum(s["kept"] for s in per_task.values()),
+        "dropped": {r: sum(s["dropped"].get(r, 0) for s in per_task.values()) for r in REASONS},
+    }
+    report = {"totals": totals, "tasks": dict(sorted(per_task.items()))}
+    write_json(out_path, report)
+    return report

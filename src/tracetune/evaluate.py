@@ -1,0 +1,301 @@
+"""Evaluate a model on the held-out (`split: eval`) tasks: agent traces scored by the tasks'
+checks, tool-call validity, turns, errors, latency, and the held-out token loss.
+
+The scoring functions are pure functions over trace dicts (DESIGN.md raw-trace schema)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import statistics
+from collections import Counter
+from pathlib import Path
+
+import jsonschema
+
+from tracetune.jsonio import InputError, write_json, write_jsonl
+
+log = logging.getLogger(__name__)
+
+Z95 = 1.959963984540054  # two-sided 95 % normal quantile
+
+
+# --- scoring (pure) --------------------------------------------------------------------------
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for k successes out of n; (0, 1) when n is 0.
+    Unlike the normal approximation it stays inside [0, 1] and is sensible at k=0 or k=n,
+    which is exactly where small eval sets land."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def rate(k: int, n: int) -> dict:
+    lo, hi = wilson_interval(k, n)
+    return {"k": k, "n": n, "rate": k / n if n else None, "ci95": [lo, hi]}
+
+
+def tool_calls(trace: dict) -> list[dict]:
+    return [call for m in trace.get("messages", []) if m.get("role") == "assistant"
+            for call in m.get("tool_calls") or []]
+
+
+def check_call(call: dict, schemas: dict[str, dict]) -> str | None:
+    """Why one tool call is invalid (None when valid): unparsable arguments, a tool the trace
+    did not offer, or arguments that violate the tool's JSON schema."""
+    function = call.get("function") or {}
+    name, arguments = function.get("name"), function.get("arguments")
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError:
+            return "bad_json"
+    if not isinstance(arguments, dict):
+        return "bad_json"
+    if name not in schemas:
+        return "unknown_tool"
+    try:
+        jsonschema.validate(arguments, schemas[name] or {"type": "object"})
+    except jsonschema.ValidationError:
+        return "schema"
+    except jsonschema.SchemaError:
+        return None  # the server's schema is broken, not the model's call
+    return None
+
+
+def tool_call_validity(trace: dict) -> dict:
+    """Counts of the trace's tool calls that parse, name a known tool, and match its schema.
+    Calls the agent itself recorded as malformed (`invalid_calls`) count as invalid too."""
+    schemas = {t["function"]["name"]: t["function"].get("parameters") for t in trace.get("tools", [])
+               if t.get("function", {}).get("name")}
+    calls = tool_calls(trace)
+    reasons = [check_call(call, schemas) for call in calls]
+    index = {call.get("id"): i for i, call in enumerate(calls)}
+    for invalid in trace.get("invalid_calls") or []:
+        why = "agent:" + str(invalid.get("reason", "invalid")).split(":", 1)[0][:40]
+        i = index.get(invalid.get("tool_call_id"))
+        if i is None:  # a call the agent could not even parse into tool_calls
+            reasons.append(why)
+        elif reasons[i] is None:
+            reasons[i] = why
+    bad = Counter(r for r in reasons if r)
+    n = len(reasons)
+    return {
+        "calls": n,
+        "parsable": n - bad["bad_json"],
+        "known_tool": n - bad["bad_json"] - bad["unknown_tool"],
+        "valid": n - sum(bad.values()),
+        "problems": dict(bad),
+    }
+
+
+def error_kind(trace: dict) -> str | None:
+    """How a trace failed as a run (not as a task): None when it ended with an answer."""
+    outcome = trace.get("outcome") or {}
+    status = outcome.get("status")
+    if status == "answered":
+        return None
+    if status == "error":
+        # "APIConnectionError: ..." -> "error:APIConnectionError"
+        return "error:" + (str(outcome.get("error") or "unknown").split(":", 1)[0].strip() or "unknown")
+    return str(status)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear-interpolated percentile (q in 0..100), as numpy's default."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def latency(traces: list[dict]) -> dict:
+    # Failed runs (status error) record no meaningful time; they are counted under errors.
+    times = [float(t.get("timings", {}).get("total_s") or 0.0) for t in traces
+             if (t.get("outcome") or {}).get("status") != "error"]
+    return {"mean_s": mean(times), "p50_s": percentile(times, 50), "p95_s": percentile(times, 95), "n": len(times)}
+
+
+def passed(trace: dict) -> bool:
+    return bool((trace.get("check") or {}).get("passed"))
+
+
+def task_row(task_id: str, traces: list[dict]) -> dict:
+    validity = [tool_call_validity(t) for t in traces]
+    calls = sum(v["calls"] for v in validity)
+    k = sum(passed(t) for t in traces)
+    return {
+        "task_id": task_id,
+        "samples": len(traces),
+        "passed": k,
+        "success_rate": k / len(traces) if traces else None,
+        # A task counts as solved when at least half its samples pass (with one sample: that one).
+        "solved": bool(traces) and 2 * k >= len(traces),
+        "tool_calls": calls,
+        "valid_calls": sum(v["valid"] for v in validity),
+        "mean_turns": mean([(t.get("outcome") or {}).get("turns", 0) for t in traces]),
+        "mean_latency_s": latency(traces)["mean_s"],
+        "errors": dict(Counter(e for e in map(error_kind, traces) if e)),
+    }
+
+
+def score_traces(traces: list[dict]) -> dict:
+    """The summary of one model's eval traces (everything but the held-out loss)."""
+    by_task: dict[str, list[dict]] = {}
+    for trace in traces:
+        by_task.setdefault(trace["task_id"], []).append(trace)
+    tasks = [task_row(task_id, ts) for task_id, ts in by_task.items()]
+    validity = [tool_call_validity(t) for t in traces]
+    calls = sum(v["calls"] for v in validity)
+    problems = Counter()
+    for v in validity:
+        problems.update(v["problems"])
+    errors = Counter(e for e in map(error_kind, traces) if e)
+    errors["tool_error"] = sum(len(t.get("tool_errors") or []) for t in traces)
+    return {
+        "n_tasks": len(by_task),
+        "n_traces": len(traces),
+        "success": {
+            "per_sample": rate(sum(passed(t) for t in traces), len(traces)),
+            "per_task": rate(sum(row["solved"] for row in tasks), len(tasks)),
+        },
+        "tool_calls": {
+            "calls": calls,
+            "traces_with_calls": sum(v["calls"] > 0 for v in validity),
+            "parsable": rate(sum(v["parsable"] for v in validity), calls),
+            "known_tool": rate(sum(v["known_tool"] for v in validity), calls),
+            "valid": rate(sum(v["valid"] for v in validity), calls),
+            "problems": dict(problems),
+        },
+        "mean_turns": mean([(t.get("outcome") or {}).get("turns", 0) for t in traces]),
+        "status": dict(Counter((t.get("outcome") or {}).get("status", "unknown") for t in traces)),
+        "errors": {k: v for k, v in errors.items() if v},
+        "latency": latency(traces),
+        "tasks": tasks,
+    }
+
+
+# --- running the eval tasks ----------------------------------------------------------------------
+
+def eval_task_ids(taskfile) -> list[str]:
+    ids = taskfile.ids("eval")
+    if not ids:
+        raise InputError(f"{taskfile.path}: tasks: no task has split: eval; evaluation needs held-out tasks")
+    return ids
+
+
+def run_eval_tasks(taskfile, endpoint, settings, samples: int) -> list[dict]:
+    """One agent trace per eval task and sample, run concurrently by the collector."""
+    from tracetune.collect import acollect
+
+    by_task = asyncio.run(acollect(taskfile, eval_task_ids(taskfile), endpoint, settings,
+                                   reference=False, samples=samples))
+    return [trace for traces in by_task.values() for trace in traces]
+
+
+def check_failures(traces: list[dict], max_error_rate: float) -> None:
+    """A dead server turns every trace into an error: that is a failed run, not a 0 % model."""
+    errors = [t for t in traces if (t.get("outcome") or {}).get("status") == "error"]
+    if traces and len(errors) / len(traces) > max_error_rate:
+        first = (errors[0].get("outcome") or {}).get("error")
+        raise RuntimeError(f"evaluation failed: {len(errors)}/{len(traces)} traces ended in an error "
+                           f"(more than evaluate.max_error_rate={max_error_rate}); first: {first}")
+
+
+def evaluate_to_files(taskfile, endpoint, settings, *, samples: int, max_error_rate: float,
+                      model: str, loss_path: str | None, results_path: str, summary_path: str) -> dict:
+    """The evaluate rule: traces to results.jsonl, scores (plus the held-out loss) to summary.json.
+    Both files are written only after everything succeeded."""
+    traces = run_eval_tasks(taskfile, endpoint, settings, samples)
+    check_failures(traces, max_error_rate)
+    summary = {"model": model, "served_model": endpoint.model, "samples": samples} | score_traces(traces)
+    summary["heldout_loss"] = json.loads(Path(loss_path).read_text()) if loss_path else None
+    write_jsonl(results_path, traces)
+    write_json(summary_path, summary)
+    return summary
+
+
+# --- held-out loss -------------------------------------------------------------------------------
+
+def check_model_dir(model_dir: str | Path) -> None:
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise InputError(f"{path}: not a model directory (no config.json)")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise InputError(f"{path}: not a model directory (no weights: *.safetensors or *.bin)")
+
+
+def loss_region(row: dict, where: str) -> tuple[str, str]:
+    """(prompt text, target text) of one dataset row: the loss is taken on the target only."""
+    if isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str):
+        return row["prompt"], row["completion"]
+    if isinstance(row.get("text"), str) and "loss_start" in row:
+        text, start = row["text"], int(row["loss_start"])
+        end = int(row["loss_end"]) if row.get("loss_end") is not None else len(text)
+        return text[:start], text[start:end]
+    raise InputError(f"{where}: row {row.get('id', '?')!r}: no loss region "
+                     "(expected string columns prompt+completion, or text+loss_start[/loss_end])")
+
+
+def token_losses(model, tokenizer, prompt: str, completion: str, max_len: int):
+    """Summed cross-entropy and token count over the completion's tokens, given the prompt."""
+    import torch
+
+    text = prompt + completion
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False, return_tensors="pt")
+    ids = enc["input_ids"][:, :max_len]
+    starts = enc["offset_mapping"][0, : ids.shape[1], 0]
+    target = starts >= len(prompt)  # tokens that begin inside the completion
+    labels = torch.where(target, ids[0], torch.tensor(-100)).unsqueeze(0)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits.float()
+    loss = torch.nn.functional.cross_entropy(
+        logits[0, :-1], labels[0, 1:], ignore_index=-100, reduction="sum")
+    return float(loss), int((labels[0, 1:] != -100).sum())
+
+
+def heldout_loss(model_dir: str, parquet_path: str, *, max_rows: int | None = None,
+                 device: str = "cpu", max_len: int = 4096) -> dict:
+    """Mean token loss over the loss regions of the eval rows (batch 1, no padding)."""
+    import polars as pl
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_model_dir(model_dir)
+    rows = pl.read_parquet(parquet_path).to_dicts()
+    rows = rows[:max_rows] if max_rows else rows
+    if not rows:
+        return {"loss": None, "rows": 0, "tokens": 0, "perplexity": None}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    except (OSError, ValueError) as e:
+        raise InputError(f"{model_dir}: not a loadable model ({str(e).splitlines()[0]})") from None
+    total, tokens = 0.0, 0
+    for i, row in enumerate(rows):
+        loss, n = token_losses(model, tokenizer, *loss_region(row, parquet_path), max_len)
+        total, tokens = total + loss, tokens + n
+        if (i + 1) % 20 == 0:
+            log.info("held-out loss: %d/%d rows", i + 1, len(rows))
+    mean_loss = total / tokens if tokens else None
+    return {"loss": mean_loss, "rows": len(rows), "tokens": tokens,
+            "perplexity": math.exp(mean_loss) if mean_loss is not None else None}
+
+
+def heldout_loss_to_file(model_dir: str, parquet_path: str, out_path: str, **kwargs) -> dict:
+    result = {"model_dir": str(model_dir)} | heldout_loss(model_dir, parquet_path, **kwargs)
+    write_json(out_path, result)
+    return result

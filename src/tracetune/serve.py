@@ -1,0 +1,300 @@
+"""Serve a model directory with `transformers serve` on loopback, and make sure it stops.
+
+Two ways in:
+- `served_model(model_dir)`: a context manager (tests, one-off use) that starts the server, waits
+  until the model answers, and kills the server's whole process group on exit, also on an
+  exception or Ctrl-C.
+- `shared_endpoint(model_dir)`: what workflow jobs call. The first job that needs a model starts
+  one server for it (under a file lock); every later job of the run reuses it. The server runs
+  under a small supervisor (`python -m tracetune.serve`) that stops it when the Snakemake run
+  that owns it ends (its pid is in $TRACETUNE_OWNER) and `stop_shared_servers()` (the workflow's
+  onsuccess/onerror handlers) stops them all at the end of the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracetune.jsonio import InputError, write_json
+
+log = logging.getLogger(__name__)
+
+OWNER_ENV = "TRACETUNE_OWNER"  # "host:pid" of the Snakemake run that owns shared servers
+STATE_DIR = Path(".snakemake/tracetune/serve")  # where shared servers are recorded
+DEFAULT_TIMEOUT_S = 600.0  # a big model on a slow disk takes minutes to load
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    base_url: str  # e.g. http://127.0.0.1:41234/v1
+    model: str  # the name to put in requests: the model directory as it was served
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def check_model_dir(model_dir: str | os.PathLike) -> None:
+    if not (Path(model_dir) / "config.json").is_file():
+        raise InputError(f"{model_dir}: not a model directory (no config.json)")
+
+
+def start_server(model_dir: str, port: int, *, host: str = "127.0.0.1", device: str = "cpu",
+                 log_file=None) -> subprocess.Popen:
+    """`transformers serve` in a session of its own, so stopping it can kill every process it made."""
+    check_model_dir(model_dir)
+    cmd = [sys.executable, "-m", "transformers.cli.transformers", "serve", model_dir,
+           "--host", host, "--port", str(port), "--device", device, "--log-level", "warning"]
+    log.info("starting: %s", " ".join(cmd))
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file or subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT if log_file else subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def stop_process_group(pgid: int, grace_s: float = 10.0) -> None:
+    """SIGTERM the whole group, then SIGKILL whatever is left after `grace_s`."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if not _group_alive(pgid):
+                return
+            time.sleep(0.1)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie leader still counts as a member: reap our own children so it disappears.
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-pgid, os.WNOHANG)[0]:
+            pass
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop_server(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    stop_process_group(proc.pid, grace_s)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+
+
+def _get(url: str, timeout_s: float = 5.0) -> int:
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        return response.status
+
+
+def model_answers(base_url: str, model: str, timeout_s: float = 60.0) -> bool:
+    """One token of a chat completion: the model is loaded and generating."""
+    body = json.dumps({"model": model, "max_tokens": 1,
+                       "messages": [{"role": "user", "content": "hi"}]}).encode()
+    request = urllib.request.Request(f"{base_url}/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        return response.status == 200
+
+
+def wait_until_ready(served: ServedModel, proc: subprocess.Popen | None = None,
+                     timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    """Poll /health, then ask for one token; fail early if the server process died."""
+    root = served.base_url.removesuffix("/v1")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"transformers serve exited with status {proc.returncode} "
+                               "before it was ready (see its log)")
+        try:
+            if _get(f"{root}/health") == 200 and model_answers(served.base_url, served.model):
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{served.model} was not served at {served.base_url} within {timeout_s:.0f} s")
+
+
+@contextlib.contextmanager
+def _serving(model_dir: str, device: str, host: str, timeout_s: float, log_path):
+    """(ServedModel, server process) while the block runs; the server's group is killed after."""
+    port = free_port(host)
+    served = ServedModel(f"http://{host}:{port}/v1", model_dir)
+    with contextlib.ExitStack() as stack:
+        log_file = stack.enter_context(open(log_path, "ab")) if log_path else None
+        proc = start_server(model_dir, port, host=host, device=device, log_file=log_file)
+        try:
+            wait_until_ready(served, proc, timeout_s)
+            log.info("serving %s at %s", model_dir, served.base_url)
+            yield served, proc
+        finally:
+            stop_server(proc)
+            log.info("stopped the server of %s", model_dir)
+
+
+@contextlib.contextmanager
+def served_model(model_dir: str | os.PathLike, *, device: str = "cpu", host: str = "127.0.0.1",
+                 timeout_s: float = DEFAULT_TIMEOUT_S, log_path: str | os.PathLike | None = None):
+    """Serve `model_dir` on a free loopback port for the duration of the block."""
+    with _serving(str(model_dir), device, host, timeout_s, log_path) as (served, _):
+        yield served
+
+
+# --- one shared server per model and run (workflow jobs) ---------------------------------------
+
+def owner_pid() -> int:
+    """The pid whose end stops shared servers: the Snakemake run on this host, else this process."""
+    host, _, pid = os.environ.get(OWNER_ENV, "").rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        return int(pid)
+    return os.getpid()
+
+
+def claim_shared_servers() -> None:
+    """Called by the Snakefile (main process): servers started by its jobs end with this run."""
+    os.environ.setdefault(OWNER_ENV, f"{socket.gethostname()}:{os.getpid()}")
+
+
+def _state_file(model_dir: str, state_dir: Path) -> Path:
+    key = Path(model_dir).resolve().as_posix().strip("/").replace("/", "__")
+    return state_dir / socket.gethostname() / f"{key}.json"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _healthy(state: dict) -> bool:
+    if not _pid_alive(state["supervisor_pid"]):
+        return False
+    try:
+        return _get(state["base_url"].removesuffix("/v1") + "/health") == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
+def shared_endpoint(model_dir: str | os.PathLike, *, device: str = "detect",
+                    timeout_s: float = DEFAULT_TIMEOUT_S, state_dir: str | os.PathLike = STATE_DIR) -> ServedModel:
+    """The run's server of `model_dir`, started by the first job that asks (the others wait on a
+    lock, then reuse it)."""
+    model_dir = str(model_dir)
+    check_model_dir(model_dir)
+    state_file = _state_file(model_dir, Path(state_dir))
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(state_file.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = json.loads(state_file.read_text()) if state_file.exists() else None
+        if state and state["owner_pid"] == owner_pid() and _healthy(state):
+            return ServedModel(state["base_url"], state["model"])
+        if state:  # left over from an earlier run, or dead: clear it away
+            stop_process_group(state["supervisor_pid"])
+            state_file.unlink()
+        return _start_supervisor(model_dir, state_file, device, timeout_s)
+
+
+def _start_supervisor(model_dir: str, state_file: Path, device: str, timeout_s: float) -> ServedModel:
+    log_path = state_file.with_suffix(".log")
+    cmd = [sys.executable, "-m", "tracetune.serve", model_dir, "--state", str(state_file),
+           "--device", device, "--timeout", str(timeout_s), "--watch-pid", str(owner_pid())]
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    # The supervisor writes the state file once the model answers.
+    deadline = time.monotonic() + timeout_s + 30
+    while not state_file.exists():
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or [""]
+            raise RuntimeError(f"serving {model_dir} failed: {tail[0]} (log: {log_path})")
+        if time.monotonic() > deadline:
+            stop_process_group(proc.pid)
+            raise TimeoutError(f"serving {model_dir} timed out (log: {log_path})")
+        time.sleep(0.5)
+    state = json.loads(state_file.read_text())
+    return ServedModel(state["base_url"], state["model"])
+
+
+def stop_shared_servers(state_dir: str | os.PathLike = STATE_DIR) -> list[str]:
+    """Stop every shared server this host recorded (the workflow's onsuccess/onerror)."""
+    stopped = []
+    for state_file in sorted((Path(state_dir) / socket.gethostname()).glob("*.json")):
+        state = json.loads(state_file.read_text())
+        for pgid in (state["supervisor_pid"], state["server_pid"]):
+            stop_process_group(pgid)
+        state_file.unlink(missing_ok=True)
+        stopped.append(state["model"])
+    return stopped
+
+
+def wait_for_endpoint(model_dir: str | os.PathLike, timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[str, str]:
+    """(base_url, model name) of the run's shared server of `model_dir` (the input a job declared
+    with `served_model_dir`)."""
+    served = shared_endpoint(model_dir, timeout_s=timeout_s)
+    return served.base_url, served.model
+
+
+def _supervise(args) -> None:
+    """Serve until the owner process is gone or we are told to stop; then stop the server."""
+    def stop(signum, frame):
+        raise SystemExit(0)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, stop)
+    if args.device == "detect":
+        import torch
+
+        args.device = "auto" if torch.cuda.is_available() else "cpu"
+    state_file = Path(args.state)
+    log_path = state_file.with_suffix(".server.log")
+    with _serving(args.model_dir, args.device, "127.0.0.1", args.timeout, log_path) as (served, proc):
+        write_json(state_file, {"base_url": served.base_url, "model": served.model, "owner_pid": args.watch_pid,
+                                "supervisor_pid": os.getpid(), "server_pid": proc.pid})
+        try:
+            while _pid_alive(args.watch_pid):
+                time.sleep(1)
+            log.info("owner %d ended: stopping", args.watch_pid)
+        finally:
+            state_file.unlink(missing_ok=True)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Serve a model directory until a watched process ends.")
+    parser.add_argument("model_dir")
+    parser.add_argument("--state", required=True, help="JSON file written once the model answers")
+    parser.add_argument("--device", default="detect", help="'detect': the GPU if there is one, else cpu")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S)
+    parser.add_argument("--watch-pid", type=int, default=os.getppid())
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    _supervise(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,345 @@
+"""LoRA training on the unrolled dataset: TRL's SFTTrainer + PEFT on CPU, unsloth on CUDA.
+
+Rows of one trace share their prefix. Where the chat template renders earlier turns exactly as they
+were at their own end (checked per trace, on the rendered text and on its tokens), the trace trains
+as ONE sequence with a loss region on every target turn: the same summed loss as its rows trained
+separately, for a fraction of the compute. Other traces train row by row.
+
+Checkpoints live outside the output directory (Snakemake clears a job's outputs before it reruns),
+keyed by a fingerprint of the data and settings, so a killed job run again resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import math
+import os
+import resource
+import shutil
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from tracetune.jsonio import InputError, write_json, write_jsonl
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "trl", "unsloth")
+REQUIRED_COLUMNS = ("id", "trace_id", "text", "loss_start", "loss_end")
+
+# Defaults of the `train:` config section (the schema holds the same values, with descriptions).
+DEFAULTS = {
+    "run": "lora",
+    "backend": "auto",
+    "lora_r": 32,
+    "lora_alpha": 32,
+    "lora_dropout": 0.0,
+    "use_rslora": True,
+    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "learning_rate": 5e-4,
+    "lr_scheduler": "constant",
+    "warmup_steps": 0,
+    "epochs": 3,
+    "max_steps": -1,
+    "batch_size": 1,
+    "grad_accum": 1,
+    "padding_free": True,
+    "packing": False,
+    "merge_traces": True,
+    "max_seq_len": 4096,
+    "load_in_4bit": False,
+    "weight_decay": 0.0,
+    "max_grad_norm": 1.0,
+    "seed": 0,
+    "save_steps": 50,
+    "save_total_limit": 2,
+    "gradient_checkpointing": False,
+}
+
+
+def settings_from(config: dict | None) -> dict:
+    settings = {**DEFAULTS, **(config or {})}
+    unknown = set(settings) - set(DEFAULTS)
+    if unknown:
+        raise InputError(f"config.yaml: train.{sorted(unknown)[0]}: unknown setting")
+    return settings
+
+
+# --- checks before any compute -------------------------------------------------------------------
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_backend(name: str) -> str:
+    """auto → unsloth on CUDA when it is installed, else trl. Never imports unsloth."""
+    if name not in BACKENDS:
+        raise InputError(f"config.yaml: train.backend: {name!r} is not one of {', '.join(BACKENDS)}")
+    has_unsloth = importlib.util.find_spec("unsloth") is not None
+    if name == "unsloth":
+        if not cuda_available():
+            raise InputError("config.yaml: train.backend: unsloth needs a CUDA device and none is present "
+                             "(use backend: trl or auto on this machine)")
+        if not has_unsloth:
+            raise InputError("config.yaml: train.backend: unsloth is not installed (pip install 'tracetune[gpu]')")
+        return "unsloth"
+    if name == "auto":
+        return "unsloth" if has_unsloth and cuda_available() else "trl"
+    return "trl"
+
+
+def check_base_model(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise InputError(f"{path}: base model: no such model directory (config.json missing)")
+    return path
+
+
+def load_rows(path: str | os.PathLike, split: str = "train") -> list[dict]:
+    """The rows of `split`, checked for the columns training needs."""
+    import polars as pl
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: train split: file not found")
+    frame = pl.read_parquet(path)
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise InputError(f"{path}: column {missing[0]!r}: missing")
+    if "split" in frame.columns:
+        frame = frame.filter(pl.col("split") == split)
+    if frame.height == 0:
+        raise InputError(f"{path}: train split: no rows")
+    rows = frame.to_dicts()
+    for row in rows:
+        if not 0 <= row["loss_start"] < row["loss_end"] <= len(row["text"]):
+            raise InputError(f"{path}: row {row['id']}: loss_start/loss_end: not a span inside text")
+    return rows
+
+
+def check_target_modules(base_model: str | os.PathLike, target_modules: list[str]) -> None:
+    """Build the model skeleton on the meta device (no weights, no compute) and look for each target."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(base_model)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    leaf_names = {name.rsplit(".", 1)[-1] for name, _ in skeleton.named_modules()}
+    for module in target_modules:
+        if module not in leaf_names:
+            raise InputError(f"config.yaml: train.target_modules: {module!r}: the model "
+                             f"{Path(base_model).name} has no such module")
+
+
+# --- sequences: merged traces or separate rows ---------------------------------------------------
+
+def tokenize_with_spans(tokenizer, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """Token ids of `text` and labels that keep only tokens overlapping a loss span (char offsets)."""
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+    labels = [-100] * len(ids)
+    for i, (start, end) in enumerate(offsets):
+        if any(start < span_end and end > span_start for span_start, span_end in spans):
+            labels[i] = ids[i]
+    return ids, labels
+
+
+def _row_example(tokenizer, row: dict) -> dict:
+    ids, labels = tokenize_with_spans(tokenizer, row["text"], [(row["loss_start"], row["loss_end"])])
+    return {"input_ids": ids, "labels": labels, "trace_id": row["trace_id"], "rows": 1, "merged": False}
+
+
+def _merged_example(tokenizer, rows: list[dict], row_examples: list[dict]) -> dict | None:
+    """One sequence for the trace when every row is a prefix of the longest, in text AND tokens."""
+    longest = max(rows, key=lambda r: len(r["text"]))
+    if not all(longest["text"].startswith(r["text"]) for r in rows):
+        return None
+    spans = [(r["loss_start"], r["loss_end"]) for r in rows]
+    ids, labels = tokenize_with_spans(tokenizer, longest["text"], spans)
+    # A prefix in text can still tokenize differently at its end (BPE merges across the cut).
+    for example in row_examples:
+        n = len(example["input_ids"])
+        if ids[:n] != example["input_ids"] or any(
+                lab != -100 and labels[i] != lab for i, lab in enumerate(example["labels"])):
+            return None
+    return {"input_ids": ids, "labels": labels, "trace_id": longest["trace_id"], "rows": len(rows), "merged": True}
+
+
+def build_sequences(rows: list[dict], tokenizer, max_seq_len: int, merge_traces: bool = True,
+                    where: str = "dataset") -> tuple[list[dict], dict]:
+    """Training examples (input_ids, labels) and counts; merged per trace where the rendering allows."""
+    by_trace: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_trace[row["trace_id"]].append(row)
+    examples, dropped, shortest = [], 0, None
+    for trace_rows in by_trace.values():
+        row_examples = [_row_example(tokenizer, row) for row in trace_rows]
+        merged = _merged_example(tokenizer, trace_rows, row_examples) if merge_traces and len(trace_rows) > 1 else None
+        if merged is not None and len(merged["input_ids"]) <= max_seq_len:
+            examples.append(merged)
+            continue
+        for example in row_examples:
+            n = len(example["input_ids"])
+            shortest = n if shortest is None else min(shortest, n)
+            if n > max_seq_len:
+                dropped += 1  # truncating would cut the target turn: the row is left out instead
+            else:
+                examples.append(example)
+    if not examples:
+        raise InputError(f"{where}: train.max_seq_len: {max_seq_len} is smaller than every row "
+                         f"(the shortest has {shortest} tokens)")
+    counts = {
+        "rows": len(rows),
+        "rows_dropped_too_long": dropped,
+        "traces": len(by_trace),
+        "sequences": len(examples),
+        "merged_sequences": sum(e["merged"] for e in examples),
+        "rows_in_merged_sequences": sum(e["rows"] for e in examples if e["merged"]),
+        "tokens": sum(len(e["input_ids"]) for e in examples),
+        "loss_tokens": sum(sum(lab != -100 for lab in e["labels"]) for e in examples),
+    }
+    return examples, counts
+
+
+# --- the run ---------------------------------------------------------------------------------------
+
+def fingerprint(examples: list[dict], settings: dict, base_model: str | os.PathLike) -> str:
+    """Changes with the data, the settings that shape training, or the base model: a checkpoint
+    made under another fingerprint is never resumed."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps({k: v for k, v in settings.items() if k not in ("save_steps", "save_total_limit", "run")},
+                             sort_keys=True).encode())
+    digest.update(str(Path(base_model).resolve()).encode())
+    for example in examples:
+        digest.update(json.dumps([example["input_ids"], example["labels"]]).encode())
+    return digest.hexdigest()[:16]
+
+
+def prepare_checkpoint_dir(path: Path, print_: str) -> Path:
+    stamp = path / "fingerprint"
+    if path.exists() and (not stamp.is_file() or stamp.read_text() != print_):
+        log.info("checkpoints in %s belong to other data or settings: starting afresh", path)
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(print_)
+    return path
+
+
+def last_checkpoint(path: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(path)) if path.is_dir() else None
+
+
+def peak_memory_mb(device: str) -> float:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def train(dataset: str | os.PathLike, base_model: str | os.PathLike, out_dir: str | os.PathLike,
+          config: dict | None = None, *, checkpoint_dir: str | os.PathLike | None = None) -> dict:
+    """Train a LoRA adapter on the train rows of `dataset` into `out_dir`; returns the summary."""
+    settings = settings_from(config)
+    backend = resolve_backend(settings["backend"])
+    base_model = check_base_model(base_model)
+    rows = load_rows(dataset)
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    examples, counts = build_sequences(rows, tokenizer, settings["max_seq_len"], settings["merge_traces"],
+                                       where=str(dataset))
+    check_target_modules(base_model, settings["target_modules"])
+    log.info("backend %s: %d rows of %d traces → %d sequences (%d merged), %d tokens, %d loss tokens",
+             backend, counts["rows"], counts["traces"], counts["sequences"], counts["merged_sequences"],
+             counts["tokens"], counts["loss_tokens"])
+
+    out_dir = Path(out_dir)
+    checkpoint_dir = Path(checkpoint_dir or Path("data/checkpoints") / out_dir.name)
+    prepare_checkpoint_dir(checkpoint_dir, fingerprint(examples, settings, base_model))
+    resume_from = last_checkpoint(checkpoint_dir)
+    if resume_from:
+        log.info("resuming from %s", resume_from)
+
+    from tracetune.backends import run_trainer
+
+    started = time.perf_counter()
+    result = run_trainer(backend, examples, tokenizer, base_model, checkpoint_dir, settings, resume_from)
+    wall_s = time.perf_counter() - started
+
+    summary = {
+        "backend": backend,
+        "device": result["device"],
+        "base_model": str(base_model),
+        **counts,
+        "trainable_params": result["trainable_params"],
+        "total_params": result["total_params"],
+        "trainable_share": result["trainable_params"] / result["total_params"],
+        "steps": result["global_step"],
+        "epochs": settings["epochs"],
+        "resumed_from_step": result["resumed_from_step"],
+        "tokens_trained": result["tokens_trained"],
+        "tokens_per_s": result["tokens_trained"] / max(result["train_s"], 1e-9),
+        "train_s": result["train_s"],
+        "wall_s": wall_s,
+        "peak_memory_mb": peak_memory_mb(result["device"]),
+        "final_loss": result["final_loss"],
+    }
+    write_outputs(out_dir, result, tokenizer, settings, summary)
+    return summary
+
+
+def write_outputs(out_dir: Path, result: dict, tokenizer, settings: dict, summary: dict) -> None:
+    """Everything goes to a temporary sibling first; it replaces out_dir only when complete."""
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    result["model"].save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    metrics = [entry for entry in result["log_history"] if "loss" in entry]
+    write_jsonl(tmp / "metrics.jsonl", metrics)
+    write_json(tmp / "settings.json", {**settings, "backend_resolved": summary["backend"]})
+    write_json(tmp / "summary.json", summary)
+    write_tensorboard(metrics, tmp / "tensorboard")
+    plot_loss(metrics, tmp / "loss.png", title=out_dir.name)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+
+
+def write_tensorboard(metrics: list[dict], path: Path) -> None:
+    """From the trainer's log history (restored on resume), so a resumed run has one clean curve."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(path))
+    for entry in metrics:
+        for key in ("loss", "learning_rate", "grad_norm"):
+            if isinstance(entry.get(key), (int, float)) and math.isfinite(entry[key]):
+                writer.add_scalar(f"train/{key}", entry[key], entry["step"])
+    writer.close()
+
+
+def plot_loss(metrics: list[dict], path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot([m["step"] for m in metrics], [m["loss"] for m in metrics], marker=".", linewidth=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (target turns)")
+    ax.set_title(f"training loss — {title}" if title else "training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

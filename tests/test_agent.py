@@ -1,0 +1,139 @@
+"""The agent loop against a scripted OpenAI-compatible endpoint and an in-memory tool box."""
+
+import asyncio
+import json
+from dataclasses import dataclass
+
+import pytest
+
+from fakes import FakeEndpoint, tool_then_answer
+from tracetune.agent import Endpoint, Settings, replay_reference, run_agent
+from tracetune.checks import run_check
+
+PRICE_TOOL = {"type": "function", "function": {"name": "get_price", "description": "price", "parameters": {
+    "type": "object", "properties": {"item": {"type": "string"}}, "required": ["item"], "additionalProperties": False}}}
+
+
+@dataclass
+class Result:
+    content: str
+    is_error: bool = False
+
+
+class PriceBox:
+    """Stands in for an MCP ToolBox: one tool with a JSON schema."""
+
+    def __init__(self):
+        self.calls = []
+
+    def has_tool(self, name):
+        return name == "get_price"
+
+    def openai_name(self, name):
+        return name
+
+    def parameters(self, name):
+        return PRICE_TOOL["function"]["parameters"]
+
+    async def call(self, name, arguments):
+        self.calls.append(arguments)
+        if arguments["item"] == "ghost":
+            return Result("no such item", is_error=True)
+        return Result("12.50")
+
+
+TASK = {"id": "price", "prompt": ["How much is the blue widget?"], "servers": ["shop"],
+        "check": {"contains": ["12.50"], "tool_called": "get_price"}}
+
+
+def run(policy, task=TASK, timeout_s=2, **fake):
+    with FakeEndpoint(policy, **fake) as fake_endpoint:
+        endpoint = Endpoint(fake_endpoint.base_url, "fake", timeout_s=timeout_s, max_retries=3)
+        box = PriceBox()
+        trace = asyncio.run(run_agent(endpoint.client(), endpoint, box, task, [PRICE_TOOL], Settings(), 0, None))
+        return trace, box, fake_endpoint
+
+
+@pytest.mark.parametrize("as_text", [False, True])
+def test_tool_call_then_answer(as_text):
+    trace, box, _ = run(tool_then_answer("get_price", {"item": "blue"}, "It costs 12.50.", as_text=as_text))
+    assert trace["outcome"] == {"status": "answered", "error": None, "turns": 2}
+    assistant = trace["messages"][1]
+    assert assistant["reasoning_content"] == "need get_price"
+    assert json.loads(assistant["tool_calls"][0]["function"]["arguments"]) == {"item": "blue"}
+    assert trace["messages"][2] == {"role": "tool", "tool_call_id": assistant["tool_calls"][0]["id"],
+                                    "name": "get_price", "content": "12.50"}
+    assert box.calls == [{"item": "blue"}]
+    assert run_check(TASK["check"], trace) == (True, "ok")
+
+
+@pytest.mark.parametrize("arguments, reason", [
+    ({"colour": "blue"}, "arguments do not match the schema"),
+    ("{not json", "arguments are not valid JSON"),
+])
+def test_malformed_call_is_answered_with_a_tool_error(arguments, reason):
+    def policy(messages):
+        if messages[-1]["role"] == "tool":
+            return {"role": "assistant", "content": "Sorry."}
+        args = arguments if isinstance(arguments, str) else json.dumps(arguments)
+        return {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get_price", "arguments": args}}]}
+
+    trace, box, _ = run(policy)
+    assert box.calls == []
+    assert trace["invalid_calls"][0]["tool_call_id"] == "c1" and reason in trace["invalid_calls"][0]["reason"]
+    assert trace["tool_errors"] == ["c1"]
+    assert trace["messages"][2]["content"].startswith("Error: ")
+    assert trace["outcome"]["status"] == "answered"
+    assert not run_check(TASK["check"], trace)[0]
+
+
+def test_unknown_tool_is_recorded():
+    trace, _, _ = run(tool_then_answer("delete_everything", {}, "done"))
+    assert "unknown tool 'delete_everything'" in trace["invalid_calls"][0]["reason"]
+
+
+def test_retries_500s_then_succeeds():
+    trace, _, fake = run(tool_then_answer("get_price", {"item": "blue"}, "12.50"), fail_first=2)
+    assert trace["outcome"]["status"] == "answered"
+    assert len(fake.requests) == 4  # two failures retried, then two real turns
+
+
+def test_retries_timeouts_then_succeeds():
+    trace, _, fake = run(tool_then_answer("get_price", {"item": "blue"}, "12.50"), hang_first=1, hang_s=3, timeout_s=1)
+    assert trace["outcome"]["status"] == "answered"
+
+
+def test_persistent_failure_becomes_error_trace():
+    trace, _, fake = run(tool_then_answer("get_price", {"item": "blue"}, "12.50"), fail_first=100)
+    assert trace["outcome"]["status"] == "error"
+    assert "InternalServerError" in trace["outcome"]["error"]
+    assert len(fake.requests) == 4  # the first try and three retries
+
+
+def test_max_turns():
+    always_call = tool_then_answer("get_price", {"item": "blue"}, "unused")
+    trace, _, _ = run(lambda m: always_call(m[:1]), task={**TASK, "max_turns": 3})
+    assert trace["outcome"]["status"] == "max_turns" and trace["outcome"]["turns"] == 3
+
+
+def test_multi_turn_prompt_sends_each_user_turn_after_an_answer():
+    task = {**TASK, "prompt": ["Price of blue?", "And the ghost widget?"]}
+    trace, _, fake = run(tool_then_answer("get_price", {"item": "blue"}, "12.50"), task=task)
+    roles = [m["role"] for m in trace["messages"]]
+    assert roles == ["user", "assistant", "tool", "assistant", "user", "assistant", "tool", "assistant"]
+    assert trace["outcome"]["turns"] == 4
+
+
+def test_reference_replay_uses_real_tool_outputs():
+    task = {**TASK, "prompt": ["Price of blue?", "And ghost?"], "reference": [
+        {"tool": "get_price", "arguments": {"item": "blue"}, "think": "look it up"},
+        {"answer": "It costs 12.50."},
+        {"tool": "get_price", "arguments": {"item": "ghost"}},
+        {"answer": "There is no ghost widget."}]}
+    trace = asyncio.run(replay_reference(PriceBox(), task, "be brief"))
+    assert [m["role"] for m in trace["messages"]] == [
+        "system", "user", "assistant", "tool", "assistant", "user", "assistant", "tool", "assistant"]
+    assert trace["messages"][2]["reasoning_content"] == "look it up"
+    assert trace["messages"][3]["content"] == "12.50"
+    assert trace["tool_errors"] == [trace["messages"][6]["tool_calls"][0]["id"]]

@@ -1,0 +1,257 @@
+"""Scoring of eval traces (hand-made, incl. malformed calls), the Wilson interval, the evaluate
+entry point against a scripted endpoint and a live demo MCP server, and the held-out loss."""
+
+import json
+import socket
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fakes import FakeEndpoint, tool_then_answer
+from tracetune.agent import Endpoint, Settings
+from tracetune.config import load_tasks
+from tracetune.evaluate import (check_failures, evaluate_to_files, heldout_loss, percentile, score_traces,
+                                tool_call_validity, wilson_interval)
+from tracetune.jsonio import InputError, read_jsonl
+
+FIXTURES = Path(__file__).parent / "fixtures" / "eval"
+
+
+def traces(name):
+    return [t for _, t in read_jsonl(FIXTURES / f"{name}.results.jsonl")]
+
+
+# --- Wilson interval -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k, n, lo, hi", [
+    (5, 10, 0.2366, 0.7634),     # textbook values
+    (0, 10, 0.0, 0.2775),
+    (10, 10, 0.7225, 1.0),
+    (81, 263, 0.2553, 0.3662),   # Wikipedia's worked example (p = 0.308)
+    (1, 1, 0.2065, 1.0),
+])
+def test_wilson_interval_known_values(k, n, lo, hi):
+    got = wilson_interval(k, n)
+    assert got == pytest.approx((lo, hi), abs=1e-4)
+
+
+def test_wilson_interval_no_data_is_uninformative():
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+# --- tool-call validity ----------------------------------------------------------------------
+
+def one_call(name, arguments):
+    trace = traces("lora")[0]
+    trace["messages"][1]["tool_calls"][0]["function"] = {"name": name, "arguments": arguments}
+    trace["invalid_calls"] = []
+    return trace
+
+
+@pytest.mark.parametrize("name, arguments, problem", [
+    ("get_price", '{"item": "blue widget"}', None),
+    ("get_price", "", None),  # no arguments: valid JSON-wise, but the schema requires item
+    ("get_price", '{"item": "blue"', "bad_json"),
+    ("get_price", "[1, 2]", "bad_json"),
+    ("lookup_price", '{"item": "blue"}', "unknown_tool"),
+    ("get_price", '{"item": 3}', "schema"),
+    ("get_price", '{"item": "x", "colour": "blue"}', "schema"),  # additionalProperties: false
+])
+def test_tool_call_validity_single_calls(name, arguments, problem):
+    if arguments == "":
+        problem = "schema"
+    validity = tool_call_validity(one_call(name, arguments))
+    assert validity["calls"] == 1
+    assert validity["valid"] == (problem is None)
+    assert validity["problems"] == ({problem: 1} if problem else {})
+    assert validity["parsable"] == (problem != "bad_json")
+    assert validity["known_tool"] == (problem not in ("bad_json", "unknown_tool"))
+
+
+def test_tool_call_validity_counts_agent_recorded_invalid_calls():
+    trace = traces("lora")[0]
+    trace["invalid_calls"] = [{"tool_call_id": "c1", "reason": "arguments do not match the schema: x"},
+                              {"tool_call_id": "gone", "reason": "unparsable <tool_call> block"}]
+    validity = tool_call_validity(trace)
+    assert validity["calls"] == 2 and validity["valid"] == 0
+    assert validity["problems"] == {"agent:arguments do not match the schema": 1, "agent:unparsable <tool_call> block": 1}
+
+
+def test_trace_without_calls_has_no_validity_problems():
+    trace = traces("lora")[0]
+    trace["messages"] = trace["messages"][:1] + [{"role": "assistant", "content": "12.50"}]
+    assert tool_call_validity(trace) == {"calls": 0, "parsable": 0, "known_tool": 0, "valid": 0, "problems": {}}
+
+
+# --- score_traces ----------------------------------------------------------------------------
+
+def test_score_tuned_fixture():
+    s = score_traces(traces("lora"))
+    assert (s["n_tasks"], s["n_traces"]) == (2, 4)
+    assert s["success"]["per_sample"]["k"] == 3 and s["success"]["per_sample"]["rate"] == 0.75
+    assert s["success"]["per_sample"]["ci95"] == pytest.approx(list(wilson_interval(3, 4)))
+    # search-docs passed 1 of 2 samples: solved by the at-least-half rule.
+    assert s["success"]["per_task"]["k"] == 2
+    calls = s["tool_calls"]
+    assert calls["calls"] == 4 and calls["valid"]["k"] == 3 and calls["problems"] == {"schema": 1}
+    assert s["errors"] == {"tool_error": 1}
+    assert s["mean_turns"] == 2.0
+    assert s["latency"]["mean_s"] == 4.5 and s["latency"]["p50_s"] == 4.5
+    assert s["latency"]["p95_s"] == pytest.approx(5.85)
+    by_task = {row["task_id"]: row for row in s["tasks"]}
+    assert by_task["price-blue"]["passed"] == 2 and by_task["search-docs"]["valid_calls"] == 1
+
+
+def test_score_base_fixture_with_malformed_calls_and_failures():
+    s = score_traces(traces("base"))
+    assert s["success"]["per_sample"]["k"] == 0 and s["success"]["per_task"]["k"] == 0
+    calls = s["tool_calls"]
+    assert calls["calls"] == 3
+    assert (calls["parsable"]["k"], calls["known_tool"]["k"], calls["valid"]["k"]) == (2, 1, 1)
+    assert calls["problems"] == {"bad_json": 1, "unknown_tool": 1}
+    assert s["errors"] == {"error:APIConnectionError": 1, "max_turns": 1, "tool_error": 2}
+    assert s["status"] == {"answered": 2, "error": 1, "max_turns": 1}
+    assert s["latency"]["n"] == 3  # the failed run's 0 s is not a latency
+
+
+def test_percentile_matches_numpy_linear():
+    np = pytest.importorskip("numpy")
+    values = [0.3, 5.0, 1.2, 9.9, 2.2, 2.2, 7.0]
+    for q in (0, 50, 95, 100):
+        assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+
+
+def test_dead_server_is_a_failed_run_not_a_zero_score():
+    with pytest.raises(RuntimeError, match="1/4 traces ended in an error"):
+        check_failures(traces("base"), max_error_rate=0.2)
+    check_failures(traces("base"), max_error_rate=0.5)
+
+
+# --- evaluate entry point (scripted endpoint, live demo MCP server) ----------------------------
+
+def write_tasks(tmp_path, splits=("eval", "eval", "train")):
+    tasks = "\n".join(textwrap.indent(textwrap.dedent(f"""\
+        - id: t{i}
+          prompt: Find me a widget.
+          servers: [shop]
+          split: {split}
+          check: {{tool_called: search_products, contains: ["widget"]}}"""), "  ")
+        for i, split in enumerate(splits))
+    path = tmp_path / "tasks.yaml"
+    path.write_text(f"servers:\n  shop: {{command: {sys.executable}, args: [-m, tracetune.servers.shop]}}\n"
+                    f"tasks:\n{tasks}\n")
+    return load_tasks(path)
+
+
+def outputs(tmp_path):
+    return {"results_path": str(tmp_path / "eval" / "results.jsonl"),
+            "summary_path": str(tmp_path / "eval" / "summary.json")}
+
+
+def test_evaluate_runs_only_eval_tasks(tmp_path):
+    taskfile = write_tasks(tmp_path)
+    loss = tmp_path / "loss.json"
+    loss.write_text(json.dumps({"loss": 1.25, "rows": 3, "tokens": 40}))
+    policy = tool_then_answer("search_products", {"query": "widget"}, "Here is a widget.")
+    with FakeEndpoint(policy) as fake:
+        summary = evaluate_to_files(taskfile, Endpoint(fake.base_url, "fake", timeout_s=10), Settings(concurrency=4),
+                                    samples=2, max_error_rate=0.5, model="lora", loss_path=str(loss), **outputs(tmp_path))
+    results = [t for _, t in read_jsonl(outputs(tmp_path)["results_path"])]
+    assert sorted(t["trace_id"] for t in results) == ["t0--s0", "t0--s1", "t1--s0", "t1--s1"]
+    assert all(t["source"] == "model" for t in results)
+    assert summary["success"]["per_sample"]["k"] == 4, [t["check"] for t in results]
+    assert summary["tool_calls"]["valid"]["rate"] == 1.0
+    assert summary["heldout_loss"]["loss"] == 1.25
+    assert json.loads(Path(outputs(tmp_path)["summary_path"]).read_text()) == summary
+
+
+def test_evaluate_with_no_eval_tasks_is_one_line_error(tmp_path):
+    taskfile = write_tasks(tmp_path, splits=("train",))
+    with pytest.raises(InputError, match=r"tasks.yaml: tasks: no task has split: eval"):
+        evaluate_to_files(taskfile, Endpoint("http://127.0.0.1:9/v1", "x"), Settings(), samples=1,
+                          max_error_rate=0.5, model="base", loss_path=None, **outputs(tmp_path))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dead_endpoint_leaves_no_summary(tmp_path):
+    taskfile = write_tasks(tmp_path, splits=("eval",))
+    endpoint = Endpoint(f"http://127.0.0.1:{free_port()}/v1", "gone", timeout_s=2, max_retries=0)
+    with pytest.raises(RuntimeError, match="evaluation failed: 1/1 traces"):
+        evaluate_to_files(taskfile, endpoint, Settings(), samples=1, max_error_rate=0.5, model="base",
+                          loss_path=None, **outputs(tmp_path))
+    assert not (tmp_path / "eval").exists() or not any((tmp_path / "eval").iterdir())
+
+
+# --- held-out loss ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A random 2-layer Llama with a byte-level BPE tokenizer trained on the spot (no network)."""
+    torch = pytest.importorskip("torch")
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = ["<|im_start|>user\nHow much is the widget?<|im_end|>\n<|im_start|>assistant\nIt costs 12.50.<|im_end|>"] * 20
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    path = tmp_path_factory.mktemp("tiny-model")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_heldout_loss_is_the_mean_over_completion_tokens(tiny_model, tmp_path):
+    import polars as pl
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    rows = [{"id": "a", "prompt": "<|im_start|>user\nHow much is the widget?<|im_end|>\n<|im_start|>assistant\n",
+             "completion": "It costs 12.50.<|im_end|>"},
+            {"id": "b", "prompt": "<|im_start|>user\nwidget?<|im_end|>\n<|im_start|>assistant\n",
+             "completion": "12.50<|im_end|>"}]
+    pl.DataFrame(rows).write_parquet(tmp_path / "eval.parquet")
+    got = heldout_loss(str(tiny_model), str(tmp_path / "eval.parquet"))
+
+    # The same number by the library's own loss: labels masked to the completion's tokens.
+    tokenizer, model = AutoTokenizer.from_pretrained(tiny_model), AutoModelForCausalLM.from_pretrained(tiny_model)
+    total, count = 0.0, 0
+    for row in rows:
+        prompt_ids = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+        ids = tokenizer(row["prompt"] + row["completion"], add_special_tokens=False, return_tensors="pt")["input_ids"]
+        assert ids[0, : len(prompt_ids)].tolist() == prompt_ids  # the boundary falls between tokens here
+        labels = ids.clone()
+        labels[0, : len(prompt_ids)] = -100
+        n = int((labels[0, 1:] != -100).sum())
+        with torch.no_grad():
+            total += float(model(input_ids=ids, labels=labels).loss) * n
+        count += n
+    assert got["tokens"] == count and got["rows"] == 2
+    assert got["loss"] == pytest.approx(total / count, rel=1e-4)
+
+
+def test_heldout_loss_rejects_a_directory_that_is_not_a_model(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "README.md").write_text("not a model")
+    with pytest.raises(InputError, match=r"model: not a model directory \(no config.json\)"):
+        heldout_loss(str(tmp_path / "model"), str(tmp_path / "eval.parquet"))
+
+
+def test_heldout_loss_names_a_row_without_loss_region(tiny_model, tmp_path):
+    import polars as pl
+
+    pl.DataFrame([{"id": "r1", "text": "hello"}]).write_parquet(tmp_path / "eval.parquet")
+    with pytest.raises(InputError, match=r"eval.parquet: row 'r1': no loss region"):
+        heldout_loss(str(tiny_model), str(tmp_path / "eval.parquet"))

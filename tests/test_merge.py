@@ -1,0 +1,110 @@
+"""Merge: 16-bit safetensors that transformers loads with the same outputs as base + adapter, and
+that `transformers serve` answers with a structured tool call."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_fixtures import make_trace, render_rows, tiny_model, write_dataset  # noqa: E402
+
+from tracetune.jsonio import InputError  # noqa: E402
+from tracetune.merge import merge  # noqa: E402
+from tracetune.train import train  # noqa: E402
+
+BASE = Path(os.environ.get("TRACETUNE_TEST_BASE", "/tmp/base"))
+pytestmark = pytest.mark.skipif(not (BASE / "config.json").is_file(), reason=f"no prepared base model at {BASE}")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(BASE)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_merged_model_matches_base_plus_adapter(tmp_path, tokenizer, dtype):
+    import torch
+    from peft import PeftModel
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tiny = tiny_model(tmp_path / "tiny")
+    write_dataset(tmp_path / "train.parquet", tokenizer, n_traces=1)
+    train(tmp_path / "train.parquet", tiny, tmp_path / "adapter", {"max_steps": 2, "learning_rate": 5e-3},
+          checkpoint_dir=tmp_path / "ckpt")
+    out = merge(tmp_path / "adapter", tiny, tmp_path / "merged", {"dtype": dtype})
+    with safe_open(out / "model.safetensors", "pt") as weights:
+        assert {str(weights.get_tensor(k).dtype) for k in weights.keys()} == {f"torch.{dtype}"}
+        assert not any("lora" in k for k in weights.keys())
+    merged_tok = AutoTokenizer.from_pretrained(out)
+    assert merged_tok.chat_template == tokenizer.chat_template
+    assert json.loads((out / "tokenizer_config.json").read_text())["response_template"]["start_anchor"]
+    ids = torch.tensor([tokenizer("<|im_start|>user\nhello<|im_end|>")["input_ids"]])
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32),
+                                          tmp_path / "adapter").eval()
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    with torch.no_grad():
+        expected, got = reference(ids).logits, merged(ids).logits
+    assert not torch.equal(expected, AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)(ids).logits)
+    assert torch.allclose(expected, got, atol=0.05)
+
+
+def test_missing_adapter_is_one_line(tmp_path):
+    with pytest.raises(InputError, match="adapter: adapter_config.json missing"):
+        merge(tmp_path / "nope", BASE, tmp_path / "out")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_served_merged_model_returns_a_structured_tool_call(tmp_path, tokenizer):
+    """Overfit the bundled model on one tool-calling turn, merge, serve, ask the same question."""
+    import polars as pl
+    from openai import OpenAI
+
+    trace = make_trace(3, turns=1, reasoning=False)
+    rows = render_rows(tokenizer, trace)[:1]
+    pl.DataFrame(rows).write_parquet(tmp_path / "train.parquet")
+    train(tmp_path / "train.parquet", BASE, tmp_path / "adapter",
+          {"max_steps": 12, "learning_rate": 2e-3, "save_steps": 100}, checkpoint_dir=tmp_path / "ckpt")
+    out = merge(tmp_path / "adapter", BASE, tmp_path / "merged")
+    port = free_port()
+    serve = Path(sys.executable).parent / "transformers"
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen([str(serve), "serve", str(out), "--host", "127.0.0.1", "--port", str(port),
+                             "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=60, max_retries=0)
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                client.models.list()
+                break
+            except Exception:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+                time.sleep(0.5)
+        reply = client.chat.completions.create(model=str(out), messages=trace["messages"][:1], tools=trace["tools"],
+                                               temperature=0, max_tokens=40)
+        calls = reply.choices[0].message.tool_calls
+        assert calls, reply.choices[0].message
+        expected = trace["messages"][1]["tool_calls"][0]["function"]
+        assert calls[0].function.name == expected["name"]
+        assert json.loads(calls[0].function.arguments) == json.loads(expected["arguments"])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()

@@ -1,0 +1,117 @@
+"""Serving a model directory with `transformers serve`: it answers, accepts stored traces, and
+leaves no process behind."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import openai
+import psutil
+import pytest
+
+from test_models import TOOLS, prepared_base
+from tracetune.jsonio import InputError
+from tracetune.serve import OWNER_ENV, served_model, shared_endpoint, stop_shared_servers
+
+
+def servers_of(model_dir) -> list[psutil.Process]:
+    """Live `transformers serve` processes (and our supervisors) serving `model_dir`."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = proc.info["cmdline"] or []
+        if str(model_dir) in cmdline and ("serve" in cmdline or "tracetune.serve" in cmdline):
+            if proc.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+    return found
+
+
+@pytest.fixture(scope="module")
+def base_dir(request):
+    return prepared_base(Path(request.config.cache.mkdir("tracetune-models")))
+
+
+@pytest.fixture(scope="module")
+def shared(base_dir, tmp_path_factory):
+    """One shared server for the module, started the way workflow jobs start it."""
+    state_dir = tmp_path_factory.mktemp("serve-state")
+    served = shared_endpoint(base_dir, state_dir=state_dir, timeout_s=300)
+    yield served, state_dir
+    stop_shared_servers(state_dir)
+
+
+def test_chat_completion_through_openai(shared):
+    served, _ = shared
+    client = openai.OpenAI(base_url=served.base_url, api_key="unused")
+    assert [m.id for m in client.models.list().data] == [served.model]
+    reply = client.chat.completions.create(model=served.model, max_tokens=8,
+                                           messages=[{"role": "user", "content": "Say hello."}])
+    assert reply.choices[0].message.content
+
+
+def test_stored_trace_is_replayed_unchanged(shared):
+    """All but the last assistant turn of a raw trace, as stored, is a valid request."""
+    served, _ = shared
+    messages = [
+        {"role": "system", "content": "You are a shop assistant."},
+        {"role": "user", "content": "How much is the blue widget?"},
+        {"role": "assistant", "content": "", "reasoning_content": "Look up the price.",
+         "tool_calls": [{"id": "call_1", "type": "function",
+                         "function": {"name": "get_price", "arguments": '{"item": "blue widget"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "name": "get_price", "content": "12.50"},
+        {"role": "assistant", "content": "The blue widget costs $12.50.", "reasoning_content": "Answer."},
+    ]
+    trace = json.loads(json.dumps({"tools": TOOLS, "messages": messages}))  # as read back from JSONL
+    body = {"model": served.model, "max_tokens": 8, "tools": trace["tools"], "messages": trace["messages"][:-1]}
+    client = openai.OpenAI(base_url=served.base_url, api_key="unused")
+    response = client.chat.completions.with_raw_response.create(**body)
+    assert response.http_response.status_code == 200
+    assert response.parse().choices[0].message.role == "assistant"
+
+
+def test_shared_server_is_started_once(shared, base_dir):
+    served, state_dir = shared
+    again = shared_endpoint(base_dir, state_dir=state_dir)
+    assert again == served
+    assert len([p for p in servers_of(base_dir) if "tracetune.serve" in p.info["cmdline"]]) == 1
+
+
+def test_supervisor_stops_when_its_owner_ends(base_dir, tmp_path):
+    """A run killed outright (no onerror handler) still takes its server with it."""
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    env = os.environ | {OWNER_ENV: f"{socket.gethostname()}:{owner.pid}"}
+    # Link the model under another name so that this server is told apart from the shared one.
+    model = tmp_path / "model"
+    model.symlink_to(base_dir)
+    code = ("import sys; from tracetune.serve import shared_endpoint; "
+            f"print(shared_endpoint({str(model)!r}, state_dir={str(tmp_path / 'state')!r}).base_url)")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
+    assert servers_of(model)
+    owner.kill()
+    owner.wait()
+    deadline = time.monotonic() + 30
+    while servers_of(model) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not servers_of(model)
+    assert not list((tmp_path / "state").glob("*/*.json"))  # its state is cleared too
+
+
+def test_served_model_stops_on_error(base_dir, tmp_path):
+    model = tmp_path / "model"
+    model.symlink_to(base_dir)
+    with pytest.raises(KeyboardInterrupt):
+        with served_model(model, timeout_s=300) as served:
+            assert served.model == str(model) and servers_of(model)
+            raise KeyboardInterrupt
+    assert not servers_of(model)
+
+
+def test_not_a_model_directory(tmp_path):
+    with pytest.raises(InputError, match="not a model directory"):
+        with served_model(tmp_path):
+            pass
+    with pytest.raises(InputError, match="not a model directory"):
+        shared_endpoint(tmp_path / "missing", state_dir=tmp_path)

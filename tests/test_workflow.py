@@ -1,0 +1,125 @@
+"""The workflow as its users drive it: snakemake on a copy of this repository."""
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+DEMO = yaml.safe_load((ROOT / "tasks.yaml").read_text())
+DEMO_TASKS = {t["id"]: t for t in DEMO["tasks"]}
+
+
+def make_workflow(tmp_path: Path, task_ids: list[str], config: dict | None = None) -> Path:
+    """A copy of the workflow with a subset of the demo tasks and config overrides."""
+    wf = tmp_path / "wf"
+    for name in ("rules", "profiles", "curation", "report"):
+        shutil.copytree(ROOT / name, wf / name)
+    shutil.copy(ROOT / "Snakefile", wf / "Snakefile")
+    shutil.copytree(ROOT / "data" / "site", wf / "data" / "site")
+    (wf / "src").symlink_to(ROOT / "src")
+    settings = yaml.safe_load((ROOT / "config.yaml").read_text())
+    for section, values in (config or {}).items():
+        if isinstance(values, dict):
+            settings.setdefault(section, {}).update(values)
+        else:
+            settings[section] = values
+    (wf / "config.yaml").write_text(yaml.safe_dump(settings))
+    write_tasks(wf, [copy.deepcopy(DEMO_TASKS[t]) for t in task_ids])
+    return wf
+
+
+def write_tasks(wf: Path, tasks: list[dict]) -> None:
+    doc = {k: v for k, v in DEMO.items() if k != "tasks"} | {"tasks": tasks}
+    (wf / "tasks.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def snakemake(wf: Path, *args: str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([SNAKEMAKE, "--cores", "2", *args], cwd=wf, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def planned_jobs(wf: Path, *targets: str) -> list[str]:
+    """'rule:wildcards' of every job a dry run plans."""
+    out = snakemake(wf, "-n", *targets).stdout
+    jobs, rule = [], None
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith(("rule ", "localrule ")) and line.endswith(":"):
+            rule = line.split()[1].rstrip(":")
+            jobs.append(rule)
+        elif line.startswith("wildcards:") and rule:
+            jobs[-1] = f"{rule}:{line.split(':', 1)[1].strip()}"
+    return jobs
+
+
+def served_processes() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if "transformers" in cmd and " serve" in cmd or "tracetune.serve" in cmd:
+            found.append(proc)
+    return found
+
+
+TRAIN3 = ["price-kettle", "stock-teapot", "order-status-1001"]
+
+
+def test_edit_one_task_recollects_only_that_task(tmp_path):
+    wf = make_workflow(tmp_path, TRAIN3)
+    targets = [f"data/traces/raw/{t}.jsonl" for t in TRAIN3]
+    snakemake(wf, *targets)
+    assert planned_jobs(wf, *targets) == []
+    tasks = [copy.deepcopy(DEMO_TASKS[t]) for t in TRAIN3]
+    tasks[1]["prompt"] = "How many teapots are in stock, in total?"
+    write_tasks(wf, tasks)
+    assert planned_jobs(wf, *targets) == ["collect:task=stock-teapot"]
+
+
+def test_bad_task_file_stops_the_run_with_one_line(tmp_path):
+    wf = make_workflow(tmp_path, TRAIN3)
+    tasks = [copy.deepcopy(DEMO_TASKS[t]) for t in TRAIN3]
+    tasks[2]["servers"] = ["shop", "warehouse"]
+    write_tasks(wf, tasks)
+    proc = snakemake(wf, "-n", check=False)
+    assert proc.returncode != 0
+    line = "tracetune: tasks.yaml: task 'order-status-1001': servers: unknown server 'warehouse'"
+    assert any(l.startswith(line) for l in proc.stderr.splitlines()), proc.stderr
+    assert not (wf / "data" / "traces").exists()
+
+
+def test_reference_step_with_a_tool_the_server_lacks(tmp_path):
+    wf = make_workflow(tmp_path, TRAIN3)
+    tasks = [copy.deepcopy(DEMO_TASKS[t]) for t in TRAIN3]
+    tasks[0]["reference"][0]["tool"] = "teleport"
+    tasks[0].pop("tools", None)
+    write_tasks(wf, tasks)
+    proc = snakemake(wf, "-n", check=False)
+    assert proc.returncode != 0
+    assert "task 'price-kettle': reference[0].tool: 'teleport' is not a tool of server(s) shop" in proc.stderr
+
+
+@pytest.mark.slow
+def test_collects_with_a_really_served_model_and_leaves_no_process(tmp_path, bundled_model):
+    """No endpoint configured: the workflow serves the base model itself, once, for both jobs."""
+    wf = make_workflow(tmp_path, TRAIN3[:2], {"base_model": str(bundled_model),
+                                              "collect": {"samples": 1, "max_turns": 2, "max_tokens": 48}})
+    snakemake(wf, "data/traces/raw/price-kettle.jsonl", "data/traces/raw/stock-teapot.jsonl", timeout=900)
+    for task in TRAIN3[:2]:
+        lines = (wf / "data" / "traces" / "raw" / f"{task}.jsonl").read_text().splitlines()
+        traces = [yaml.safe_load(line) for line in lines]
+        model = [t for t in traces if t["source"] == "model"]
+        assert len(model) == 1 and model[0]["outcome"]["status"] in ("answered", "max_turns")
+        assert model[0]["model"] == "data/models/base" and model[0]["endpoint"].startswith("http://127.0.0.1:")
+        assert model[0]["messages"][-1]["role"] == "assistant" and model[0]["usage"]["completion_tokens"] > 0
+    assert served_processes() == []
