@@ -9,6 +9,14 @@ configfile: "config.yaml"
 
 
 include: "rules/common.smk"
+
+
+wildcard_constraints:
+    task=r"[a-z0-9._-]+",
+    model=r"[A-Za-z0-9._-]+",
+    split=r"train|eval",
+
+
 include: "rules/serve.smk"
 include: "rules/collect.smk"
 include: "rules/curate.smk"

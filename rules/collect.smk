@@ -13,6 +13,8 @@ rule collect:
         tasks=config["tasks"],
         collect=config["collect"],
         endpoint=config["endpoint"],
+    conda:
+        "../envs/tracetune.yaml"
     log:
         "logs/collect/{task}.log",
     script:

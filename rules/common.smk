@@ -22,18 +22,12 @@ TASKFILE = _validated_inputs()
 TASKS = TASKFILE.tasks
 
 
-wildcard_constraints:
-    task=r"[a-z0-9._-]+",
-    model=r"[A-Za-z0-9._-]+",
-    split=r"train|eval",
-
-
 def task_ids(split=None):
     return TASKFILE.ids(split)
 
 
 def src(*names):
-    """The package files a rule runs: declared as inputs so that editing them reruns the rule."""
+    """The package files a job runs: declared as inputs so that editing them reruns the job."""
     return [f"src/tracetune/{name}" for name in names]
 
 
@@ -53,7 +47,7 @@ def task_server_sources(wildcards):
         spec = TASKFILE.servers[name]
         for arg in spec.get("args", []):
             if arg.startswith("tracetune.servers."):
-                paths.append("src/" + arg.replace(".", "/") + ".py")
+                paths.append(str(Path("src", *arg.split(".")).with_suffix(".py")))
     return paths
 
 

@@ -9,14 +9,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(scope="session")
-def bundled_model(request) -> Path:
+def bundled_model(request, tmp_path_factory) -> Path:
     """The embedded default model as the workflow prepares it (bf16, tool template), built once
     per pytest cache (about 15 s the first time). TRACETUNE_TEST_BASE points at another copy."""
     if os.environ.get("TRACETUNE_TEST_BASE"):
         return Path(os.environ["TRACETUNE_TEST_BASE"])
     from tracetune.models import prepare_base_model
 
-    out = Path(request.config.cache.mkdir("tracetune-models")) / "base"
+    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
+    out = (Path(cache.mkdir("tracetune-models")) if cache else tmp_path_factory.mktemp("models")) / "base"
     if not (out / "config.json").is_file():
         prepare_base_model("bundled:smollm2-135m", out)
     return out

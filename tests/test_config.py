@@ -1,8 +1,6 @@
 """tasks.yaml and config.yaml validation: each bad input is one line naming file, task and field."""
 
 import copy
-import subprocess
-import sys
 
 import pytest
 import yaml

@@ -1,7 +1,6 @@
 """Curation: filters, dedup, hand edits, rejects, system prompt, bad input."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest

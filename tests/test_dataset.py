@@ -18,20 +18,8 @@ QWEN3 = (resources.files("trl") / "chat_templates" / "qwen3.jinja").read_text()
 
 
 @pytest.fixture(scope="session")
-def base_model_dir(tmp_path_factory):
-    """The bundled model as the workflow prepares it; /tmp/base (a prepared copy) when the
-    preparing code is not there."""
-    try:
-        from tracetune.models import prepare_base_model
-    except ImportError:
-        prepare_base_model = None
-    if prepare_base_model is not None:
-        out = tmp_path_factory.mktemp("base")
-        prepare_base_model("bundled:smollm2-135m", out)
-        return str(out)
-    if Path("/tmp/base/tokenizer_config.json").is_file():
-        return "/tmp/base"
-    pytest.skip("no prepared base model")
+def base_model_dir(bundled_model):
+    return str(bundled_model)
 
 
 @pytest.fixture(scope="session", params=["bundled", "qwen3"])

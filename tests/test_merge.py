@@ -4,7 +4,6 @@ that `transformers serve` answers with a structured tool call."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -20,25 +19,23 @@ from tracetune.jsonio import InputError  # noqa: E402
 from tracetune.merge import merge  # noqa: E402
 from tracetune.train import train  # noqa: E402
 
-BASE = Path(os.environ.get("TRACETUNE_TEST_BASE", "/tmp/base"))
-pytestmark = pytest.mark.skipif(not (BASE / "config.json").is_file(), reason=f"no prepared base model at {BASE}")
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
+def tokenizer(bundled_model):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(BASE)
+    return AutoTokenizer.from_pretrained(bundled_model)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_merged_model_matches_base_plus_adapter(tmp_path, tokenizer, dtype):
+def test_merged_model_matches_base_plus_adapter(tmp_path, tokenizer, dtype, bundled_model):
     import torch
     from peft import PeftModel
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tiny = tiny_model(tmp_path / "tiny")
+    tiny = tiny_model(tmp_path / "tiny", bundled_model)
     write_dataset(tmp_path / "train.parquet", tokenizer, n_traces=1)
     train(tmp_path / "train.parquet", tiny, tmp_path / "adapter", {"max_steps": 2, "learning_rate": 5e-3},
           checkpoint_dir=tmp_path / "ckpt")
@@ -59,9 +56,9 @@ def test_merged_model_matches_base_plus_adapter(tmp_path, tokenizer, dtype):
     assert torch.allclose(expected, got, atol=0.05)
 
 
-def test_missing_adapter_is_one_line(tmp_path):
+def test_missing_adapter_is_one_line(tmp_path, bundled_model):
     with pytest.raises(InputError, match="adapter: adapter_config.json missing"):
-        merge(tmp_path / "nope", BASE, tmp_path / "out")
+        merge(tmp_path / "nope", bundled_model, tmp_path / "out")
 
 
 def free_port() -> int:
@@ -71,7 +68,7 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_served_merged_model_returns_a_structured_tool_call(tmp_path, tokenizer):
+def test_served_merged_model_returns_a_structured_tool_call(tmp_path, tokenizer, bundled_model):
     """Overfit the bundled model on one tool-calling turn, merge, serve, ask the same question."""
     import polars as pl
     from openai import OpenAI
@@ -79,9 +76,9 @@ def test_served_merged_model_returns_a_structured_tool_call(tmp_path, tokenizer)
     trace = make_trace(3, turns=1, reasoning=False)
     rows = render_rows(tokenizer, trace)[:1]
     pl.DataFrame(rows).write_parquet(tmp_path / "train.parquet")
-    train(tmp_path / "train.parquet", BASE, tmp_path / "adapter",
+    train(tmp_path / "train.parquet", bundled_model, tmp_path / "adapter",
           {"max_steps": 12, "learning_rate": 2e-3, "save_steps": 100}, checkpoint_dir=tmp_path / "ckpt")
-    out = merge(tmp_path / "adapter", BASE, tmp_path / "merged")
+    out = merge(tmp_path / "adapter", bundled_model, tmp_path / "merged")
     port = free_port()
     serve = Path(sys.executable).parent / "transformers"
     log = open(tmp_path / "serve.log", "w")

@@ -1,7 +1,6 @@
 """Preparing the base model: the bundled GGUF becomes a bf16 model with a tool-aware template."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -9,17 +8,9 @@ from tracetune.jsonio import InputError
 from tracetune.models import load_tokenizer, prepare_base_model
 
 
-def prepared_base(cache_dir: Path) -> Path:
-    """The bundled model prepared once per pytest cache (about 15 s the first time)."""
-    out = cache_dir / "base"
-    if not (out / "config.json").is_file():
-        prepare_base_model("bundled:smollm2-135m", out)
-    return out
-
-
 @pytest.fixture(scope="session")
-def base_dir(request):
-    return prepared_base(Path(request.config.cache.mkdir("tracetune-models")))
+def base_dir(bundled_model):
+    return bundled_model
 
 
 TOOLS = [{"type": "function", "function": {

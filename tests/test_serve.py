@@ -7,13 +7,12 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import openai
 import psutil
 import pytest
 
-from test_models import TOOLS, prepared_base
+from test_models import TOOLS
 from tracetune.jsonio import InputError
 from tracetune.serve import OWNER_ENV, served_model, shared_endpoint, stop_shared_servers
 
@@ -30,8 +29,8 @@ def servers_of(model_dir) -> list[psutil.Process]:
 
 
 @pytest.fixture(scope="module")
-def base_dir(request):
-    return prepared_base(Path(request.config.cache.mkdir("tracetune-models")))
+def base_dir(bundled_model):
+    return bundled_model
 
 
 @pytest.fixture(scope="module")

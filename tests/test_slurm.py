@@ -118,13 +118,9 @@ def size_profile_for_this_node(profile: Path) -> dict:
 
 
 @pytest.fixture
-def tokenizer_source(request) -> Path:
-    """The prepared bundled model (tokenizer + tool template): a conftest fixture when the suite
-    has one, else the copy every helper machine keeps at /tmp/base."""
-    try:
-        return Path(request.getfixturevalue("bundled_base"))
-    except pytest.FixtureLookupError:
-        return Path("/tmp/base")
+def tokenizer_source(bundled_model) -> Path:
+    """The prepared bundled model (tokenizer + tool template)."""
+    return bundled_model
 
 
 def tiny_training_inputs(workflow: Path, tokenizer_source: Path) -> None:

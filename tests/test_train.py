@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,22 +19,20 @@ from tracetune import train as train_mod  # noqa: E402
 from tracetune.jsonio import InputError  # noqa: E402
 from tracetune.train import build_sequences, train  # noqa: E402
 
-BASE = Path(os.environ.get("TRACETUNE_TEST_BASE", "/tmp/base"))
-pytestmark = pytest.mark.skipif(not (BASE / "config.json").is_file(), reason=f"no prepared base model at {BASE}")
 QWEN3_TEMPLATE = Path(__import__("trl").__file__).parent / "chat_templates" / "qwen3.jinja"
 FAST = {"save_steps": 100, "learning_rate": 1e-3}
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
+def tokenizer(bundled_model):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(BASE)
+    return AutoTokenizer.from_pretrained(bundled_model)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+def tiny(tmp_path_factory, bundled_model):
+    return tiny_model(tmp_path_factory.mktemp("tiny") / "model", bundled_model)
 
 
 def summed_loss(model, examples) -> float:

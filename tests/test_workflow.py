@@ -123,3 +123,34 @@ def test_collects_with_a_really_served_model_and_leaves_no_process(tmp_path, bun
         assert model[0]["model"] == "data/models/base" and model[0]["endpoint"].startswith("http://127.0.0.1:")
         assert model[0]["messages"][-1]["role"] == "assistant" and model[0]["usage"]["completion_tokens"] > 0
     assert served_processes() == []
+
+
+@pytest.mark.slow
+def test_whole_chain_on_a_tiny_model_ends_with_the_report(tmp_path, bundled_model):
+    """Collection to report, as `make demo` runs it, on a 2-layer random model: every stage's
+    artifact appears, both models are evaluated by their own served endpoint, nothing is left running."""
+    from train_fixtures import tiny_model
+
+    base = tiny_model(tmp_path / "tiny-base", bundled_model)
+    tasks = TRAIN3 + ["eval-price-chefs-knife", "eval-order-status-1009"]
+    wf = make_workflow(tmp_path, tasks, {
+        "base_model": str(base),
+        "collect": {"max_turns": 2, "max_tokens": 16},
+        "train": {"max_steps": 3, "save_steps": 100},
+        "evaluate": {"loss": {"enabled": True, "max_rows": 4, "device": "cpu", "max_len": 4096}},
+    })
+    snakemake(wf, timeout=1200)
+    data = wf / "data"
+    for path in ["dataset/train.parquet", "dataset/eval.parquet", "adapters/lora/adapter_config.json",
+                 "adapters/lora/metrics.jsonl", "models/lora/model.safetensors", "reports/curation.json"]:
+        assert (data / path).is_file(), path
+    for model in ("base", "lora"):
+        summary = yaml.safe_load((data / "eval" / model / "summary.json").read_text())
+        assert summary["served_model"] == f"data/models/{model}"
+        results = (data / "eval" / model / "results.jsonl").read_text().splitlines()
+        assert len(results) == 2  # the two eval tasks, one sample each; no train task
+    html = (data / "reports" / "report.html").read_text()
+    assert "eval-price-chefs-knife" in html and "lora" in html and "<details" in html
+    assert (data / "reports" / "report.md").is_file()
+    assert served_processes() == []
+    assert planned_jobs(wf) == []  # a rerun with nothing changed runs nothing

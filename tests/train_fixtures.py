@@ -70,7 +70,7 @@ def write_dataset(path, tokenizer, n_traces: int = 4, turns: int = 2, chat_templ
     return rows
 
 
-def tiny_model(path, base="/tmp/base", layers: int = 2, hidden: int = 64):
+def tiny_model(path, base, layers: int = 2, hidden: int = 64):
     """A random Llama with the bundled tokenizer and template: fast enough for per-commit tests."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM

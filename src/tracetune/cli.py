@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from tracetune.jsonio import InputError
+from tracetune.logs import quiet_libraries
 
 
 def _collect(args) -> None:
@@ -59,8 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     imp.set_defaults(run=_import)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("httpx", "mcp", "openai"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_libraries()
     try:
         args.run(args)
     except InputError as e:
