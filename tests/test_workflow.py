@@ -20,7 +20,7 @@ DEMO_TASKS = {t["id"]: t for t in DEMO["tasks"]}
 def make_workflow(tmp_path: Path, task_ids: list[str], config: dict | None = None) -> Path:
     """A copy of the workflow with a subset of the demo tasks and config overrides."""
     wf = tmp_path / "wf"
-    for name in ("rules", "profiles", "curation", "report"):
+    for name in ("rules", "profiles", "curation", "report", "envs"):
         shutil.copytree(ROOT / name, wf / name)
     shutil.copy(ROOT / "Snakefile", wf / "Snakefile")
     shutil.copytree(ROOT / "data" / "site", wf / "data" / "site")
