@@ -63,7 +63,7 @@ def write_curated(folder: Path, n_traces: int, n_tasks: int = 50) -> tuple[list[
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model-dir", default="/tmp/base", help="a prepared base model (tokenizer + template)")
+    parser.add_argument("--model-dir", default="data/models/base", help="a prepared base model (tokenizer + template)")
     parser.add_argument("--traces", type=int, default=10_000)
     parser.add_argument("--template", choices=["own", "qwen3"], default="own")
     args = parser.parse_args(argv)

@@ -124,8 +124,7 @@ def report(name: str, result: dict, row_tokens: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default=str(ROOT / "data/dataset/train.parquet"))
-    parser.add_argument("--base", default=str(ROOT / "data/models/base") if (ROOT / "data/models/base").is_dir()
-                        else "/tmp/base")
+    parser.add_argument("--base", default=str(ROOT / "data/models/base"), help="a prepared base model")
     parser.add_argument("--traces", type=int, default=8)
     parser.add_argument("--child"), parser.add_argument("--data"), parser.add_argument("--backend", default="trl")
     args = parser.parse_args()

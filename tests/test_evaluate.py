@@ -37,6 +37,12 @@ def test_wilson_interval_known_values(k, n, lo, hi):
     assert got == pytest.approx((lo, hi), abs=1e-4)
 
 
+@pytest.mark.parametrize("n", [1, 10, 13, 25, 100])
+def test_wilson_interval_contains_the_rate_at_the_edges(n):
+    # 10/10 once gave an upper bound of 0.9999999999999999, a negative error bar in the report.
+    assert wilson_interval(n, n)[1] == 1.0 and wilson_interval(0, n)[0] == 0.0
+
+
 def test_wilson_interval_no_data_is_uninformative():
     assert wilson_interval(0, 0) == (0.0, 1.0)
 
