@@ -63,3 +63,9 @@ def test_cli(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main_import([str(WORKSHOP), "--task", "Bad Id", "--out", str(tmp_path)])
     assert e.value.code == 2 and "Bad Id" in capsys.readouterr().err
+
+
+def test_missing_source_is_one_line(tmp_path):
+    with pytest.raises(InputError, match=r"nope\.json: no such file$"):
+        import_traces([tmp_path / "nope.json"], tmp_path / "out", "t")
+    assert not (tmp_path / "out").exists()

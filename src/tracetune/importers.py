@@ -27,6 +27,8 @@ THINK = re.compile(r"^\s*<think>(.*?)</think>\s*", re.DOTALL)
 def read_records(path: str | Path) -> list[tuple[str, dict]]:
     """(where, record) for each conversation in a .json or .jsonl file."""
     path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
     if path.suffix == ".jsonl":
         return [(f"{path}:{lineno}", record) for lineno, record in read_jsonl(path)]
     try:
