@@ -1,3 +1,4 @@
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -14,10 +15,15 @@ def bundled_model(request, tmp_path_factory) -> Path:
     per pytest cache (about 15 s the first time). TRACETUNE_TEST_BASE points at another copy."""
     if os.environ.get("TRACETUNE_TEST_BASE"):
         return Path(os.environ["TRACETUNE_TEST_BASE"])
+    import tracetune.models
     from tracetune.models import prepare_base_model
 
+    # Keyed by the code and templates that make it, so a changed template is never served stale.
+    package = Path(tracetune.models.__file__).parent
+    sources = [package / "models.py", *sorted((package / "templates").glob("*"))]
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
     cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
-    out = (Path(cache.mkdir("tracetune-models")) if cache else tmp_path_factory.mktemp("models")) / "base"
+    out = (Path(cache.mkdir("tracetune-models")) if cache else tmp_path_factory.mktemp("models")) / f"base-{key}"
     if not (out / "config.json").is_file():
         prepare_base_model("bundled:smollm2-135m", out)
     return out

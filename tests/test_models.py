@@ -56,6 +56,17 @@ def test_response_template_parses_a_hermes_tool_call(base_dir):
     assert call["function"]["arguments"] == {"item": "red widget"}
 
 
+@pytest.mark.parametrize("generated, name, arguments", [
+    ('<tool_call>\n{"name": "get_price", "arguments": {"item": "red"}\n</tool_call><|im_end|>', "get_price", '{"item": "red"'),
+    ('<tool_call>\n{"name": "get_price", "arguments": {"item": "re', "get_price", '{"item": "re'),
+])
+def test_malformed_tool_call_json_is_passed_through_not_raised(base_dir, generated, name, arguments):
+    """A small model's broken call must reach the agent (which answers it with a tool error):
+    a parser that raises makes `transformers serve` answer 500 for the whole turn."""
+    parsed = load_tokenizer(base_dir).parse_response(generated, prefix="<|im_start|>assistant\n")
+    assert parsed["tool_calls"][0]["function"] == {"name": name, "arguments": arguments}
+
+
 @pytest.mark.parametrize("base_model, expected", [
     ("/no/such/model", "does not exist"),
     ("bundled:nope", "unknown bundled model"),
