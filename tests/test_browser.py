@@ -4,7 +4,6 @@ through the real Playwright MCP server driving chromium) against the demo site."
 import asyncio
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from tracetune.agent import Settings
 from tracetune.collect import acollect
 from tracetune.config import load_tasks
 from tracetune.mcp_client import ToolBox
+from tracetune.serve import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "browser"
@@ -41,19 +41,13 @@ def browser_installed():
         pytest.skip(f"{missing} (run examples/browser/install.sh)")
 
 
-def _free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def taskfile(browser_installed, tmp_path_factory):
     """The example's task file on a free port (the fixed one may be in use on a shared machine)."""
     text = (EXAMPLE / "tasks.yaml").read_text()
     assert f'--port, "{FIXED_PORT}",' in text and f"127.0.0.1:{FIXED_PORT}/" in text
     path = tmp_path_factory.mktemp("browser") / "tasks.yaml"
-    path.write_text(text.replace(FIXED_PORT, _free_port()))
+    path.write_text(text.replace(FIXED_PORT, str(free_port())))
     return load_tasks(path)
 
 

@@ -2,7 +2,6 @@
 entry point against a scripted endpoint and a live demo MCP server, and the held-out loss."""
 
 import json
-import socket
 import sys
 import textwrap
 from pathlib import Path
@@ -15,6 +14,7 @@ from tracetune.config import load_tasks
 from tracetune.evaluate import (check_failures, evaluate_to_files, heldout_loss, percentile, score_traces,
                                 tool_call_validity, wilson_interval)
 from tracetune.jsonio import InputError, read_jsonl
+from tracetune.serve import free_port
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 
@@ -178,12 +178,6 @@ def test_evaluate_with_no_eval_tasks_is_one_line_error(tmp_path):
     with pytest.raises(InputError, match=r"tasks.yaml: tasks: no task has split: eval"):
         evaluate_to_files(taskfile, Endpoint("http://127.0.0.1:9/v1", "x"), Settings(), samples=1,
                           max_error_rate=0.5, model="base", loss_path=None, **outputs(tmp_path))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_dead_endpoint_leaves_no_summary(tmp_path):

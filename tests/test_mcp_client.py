@@ -12,6 +12,7 @@ import mcp_types as types
 import pytest
 
 from tracetune.mcp_client import ToolBox, assign_names, convert_result, convert_schema, list_server_tools
+from tracetune.serve import free_port
 
 # A small FastMCP server with the misbehaviours under test; written to a file per test session.
 FIXTURE_SERVER = '''
@@ -233,14 +234,8 @@ def test_missing_command_raises():
         list_server_tools({"bad": {"command": "/nonexistent/mcp-server"}})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_streamable_http_transport():
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tracetune.servers.shop", "--transport", "streamable-http",
                              "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/mcp"

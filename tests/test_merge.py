@@ -4,7 +4,6 @@ that `transformers serve` answers with a structured tool call."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from train_fixtures import make_trace, render_rows, tiny_model, write_dataset  #
 from tracetune.jsonio import InputError  # noqa: E402
 from tracetune.merge import merge  # noqa: E402
 from tracetune.train import train  # noqa: E402
+from tracetune.serve import free_port  # noqa: E402
 
 
 
@@ -59,12 +59,6 @@ def test_merged_model_matches_base_plus_adapter(tmp_path, tokenizer, dtype, bund
 def test_missing_adapter_is_one_line(tmp_path, bundled_model):
     with pytest.raises(InputError, match="adapter: adapter_config.json missing"):
         merge(tmp_path / "nope", bundled_model, tmp_path / "out")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@
 import asyncio
 import json
 import re
-import socket
 import urllib.request
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from tracetune.checks import run_check
 from tracetune.config import load_tasks
 from tracetune.mcp_client import ToolBox
 from tracetune.servers import site_fetch
+from tracetune.serve import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "data" / "site"
@@ -23,12 +23,6 @@ SHOP = {"command": "python", "args": ["-m", "tracetune.servers.shop"]}
 SHOP_REFUSALS = ("cannot be cancelled", "No order", "in stock; order not placed", "Unknown SKU")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _on_free_port(task_file: Path, tmp_path: Path) -> Path:
     """A copy of a task file with the site's fixed port replaced by a free one (on a shared
     machine something else may listen on the fixed port)."""
@@ -36,7 +30,7 @@ def _on_free_port(task_file: Path, tmp_path: Path) -> Path:
     fixed = re.search(r"--port, \"(\d+)\"", text).group(1)
     assert text.count(f"127.0.0.1:{fixed}/") >= 10
     copy = tmp_path / task_file.name
-    copy.write_text(text.replace(fixed, str(_free_port())))
+    copy.write_text(text.replace(fixed, str(free_port())))
     return copy
 
 
@@ -75,7 +69,7 @@ def test_shop_over_stdio_is_deterministic():
 
 
 def test_site_fetch_reads_a_local_page_without_network_or_node():
-    port = _free_port()
+    port = free_port()
 
     async def scenario():
         async with ToolBox({"site": site_spec(port)}, tool_timeout_s=20) as box:
@@ -110,7 +104,7 @@ def test_fetch_simplifies_html_without_node_or_npm(monkeypatch):
 
 
 def test_site_port_can_be_shared_by_concurrent_jobs():
-    port = _free_port()
+    port = free_port()
     first = site_fetch.serve_site(SITE, port)
     second = site_fetch.serve_site(SITE, port)  # a second collect job on the same fixed port
     try:
@@ -124,7 +118,7 @@ def test_site_port_can_be_shared_by_concurrent_jobs():
 
 def test_site_refuses_a_root_without_index(tmp_path):
     with pytest.raises(SystemExit, match="no index.html"):
-        site_fetch.serve_site(tmp_path, _free_port())
+        site_fetch.serve_site(tmp_path, free_port())
 
 
 def test_demo_task_file_shape():
