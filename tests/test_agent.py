@@ -79,9 +79,14 @@ def test_malformed_call_is_answered_with_a_tool_error(arguments, reason):
         return {"role": "assistant", "content": "", "tool_calls": [
             {"id": "c1", "type": "function", "function": {"name": "get_price", "arguments": args}}]}
 
-    trace, box, _ = run(policy)
+    trace, box, fake = run(policy)
     assert box.calls == []
     assert trace["invalid_calls"][0]["tool_call_id"] == "c1" and reason in trace["invalid_calls"][0]["reason"]
+    # The trace keeps what the model wrote; the endpoint is sent arguments it can parse back.
+    args = arguments if isinstance(arguments, str) else json.dumps(arguments)
+    assert trace["messages"][1]["tool_calls"][0]["function"]["arguments"] == args
+    sent = fake.requests[1]["messages"][1]["tool_calls"][0]["function"]["arguments"]
+    assert isinstance(json.loads(sent), dict)
     assert trace["tool_errors"] == ["c1"]
     assert trace["messages"][2]["content"].startswith("Error: ")
     assert trace["outcome"]["status"] == "answered"

@@ -102,6 +102,28 @@ class Recorder:
         }
 
 
+def sendable(messages: list[dict]) -> list[dict]:
+    """The history as an endpoint accepts it: servers (transformers serve, vLLM) parse every past
+    call's arguments to render the template and fail the whole request on one that is not a JSON
+    object. Such a call is sent with empty arguments; its tool message already says what was wrong,
+    and the trace keeps the raw text."""
+    def readable(arguments: str) -> bool:
+        try:
+            return isinstance(json.loads(arguments or "{}"), dict)
+        except json.JSONDecodeError:
+            return False
+
+    out = []
+    for m in messages:
+        calls = m.get("tool_calls")
+        if calls and not all(readable(c["function"]["arguments"]) for c in calls):
+            m = {**m, "tool_calls": [
+                c if readable(c["function"]["arguments"]) else {**c, "function": {**c["function"], "arguments": "{}"}}
+                for c in calls]}
+        out.append(m)
+    return out
+
+
 def opening_messages(task: dict, system_prompt: str | None) -> list[dict]:
     return [{"role": "system", "content": system_prompt}] if system_prompt else []
 
@@ -119,7 +141,7 @@ async def run_agent(client, endpoint: Endpoint, toolbox, task: dict, tools: list
                 if turns >= max_turns:
                     return rec.outcome("max_turns")
                 response = await client.chat.completions.create(
-                    model=endpoint.model, messages=rec.messages, tools=tools or openai.NOT_GIVEN,
+                    model=endpoint.model, messages=sendable(rec.messages), tools=tools or openai.NOT_GIVEN,
                     tool_choice="auto" if tools else openai.NOT_GIVEN,
                     temperature=task.get("temperature", settings.temperature),
                     seed=task.get("seed", settings.seed) + sample, max_tokens=settings.max_tokens,
