@@ -46,6 +46,39 @@ def test_good_file_is_normalised(tmp_path):
     assert tf.tasks["price-blue"]["split"] == "train"
 
 
+VARIED = {"id": "price-{slug}", "prompt": "How much is the {item}?", "servers": ["shop"],
+          "vary": [{"slug": "blue", "item": "blue widget", "price": "12.50", "n": 2},
+                   {"slug": "red", "item": "red widget", "price": "9.00", "n": 3}],
+          "check": {"contains": ["{price}"], "regex": "\\d{2}"},
+          "reference": [{"tool": "get_price", "arguments": {"item": "{item}", "quantity": "{n}"}},
+                        {"answer": "The {item} costs ${price}."}]}
+
+
+def test_vary_expands_one_task_per_variant(tmp_path):
+    tf = load_tasks(write(tmp_path, {**GOOD, "tasks": [VARIED]}))
+    assert tf.ids() == ["price-blue", "price-red"]
+    red = tf.tasks["price-red"]
+    assert "vary" not in red and red["prompt"] == ["How much is the red widget?"]
+    assert red["check"] == {"contains": ["9.00"], "regex": "\\d{2}"}  # a regex quantifier is no placeholder
+    assert red["reference"][0]["arguments"] == {"item": "red widget", "quantity": 3}  # a lone placeholder keeps its type
+    assert red["reference"][1]["answer"] == "The red widget costs $9.00."
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda t: t["vary"][1].pop("price"), "task 'price-{slug}': vary[1]: check.contains[0]: no value for {price}"),
+    (lambda t: t["vary"].append({"slug": "blue", "item": "x", "price": "1", "n": 1}), "task 'price-blue': id: duplicate task id"),
+    (lambda t: t.update(vary=[]), "task 'price-{slug}': vary: expected a non-empty list"),
+    (lambda t: t["vary"][0].update(item=["a"]), "task 'price-{slug}': vary[0]: expected a mapping of names to plain values"),
+])
+def test_bad_vary(tmp_path, mutate, expected):
+    def put_varied(doc):
+        doc["tasks"] = [copy.deepcopy(VARIED)]
+        mutate(doc["tasks"][0])
+
+    message = error_for(tmp_path, put_varied)
+    assert expected in message, message
+
+
 @pytest.mark.parametrize("mutate, expected", [
     (lambda d: d["tasks"][0]["servers"].append("nope"), "task 'price-blue': servers: unknown server 'nope'"),
     (lambda d: d["tasks"][1].update(id="price-blue"), "task 'price-blue': id: duplicate task id"),

@@ -4,8 +4,10 @@ Every problem is reported as one line naming the file, the item and the field.""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -121,6 +123,49 @@ def _check_kinds(check: dict, where: str) -> None:
                 _check_kinds(sub, where)
 
 
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _fill(value, variables: dict, where: str):
+    """Put a variant's values into every string of a task; a string that is only a placeholder
+    takes the value's own type (so `quantity: "{n}"` becomes the number n)."""
+    if isinstance(value, dict):
+        return {k: _fill(v, variables, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, variables, f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+    for name in PLACEHOLDER.findall(value):
+        if name not in variables:
+            raise InputError(f"{where}: no value for {{{name}}} in this variant")
+    whole = PLACEHOLDER.fullmatch(value)
+    if whole:
+        return variables[whole.group(1)]
+    return PLACEHOLDER.sub(lambda m: str(variables[m.group(1)]), value)
+
+
+def expand_variants(tasks: list, path: str) -> list:
+    """A task with `vary: [{name: value, ...}, ...]` stands for one task per variant, its
+    `{name}` placeholders filled in (the id too, so that each variant has its own)."""
+    expanded = []
+    for i, task in enumerate(tasks):
+        if not isinstance(task, dict) or "vary" not in task:
+            expanded.append(task)
+            continue
+        label = f"{path}: task {task.get('id', f'#{i + 1}')!r}"
+        variants = task["vary"]
+        if not isinstance(variants, list) or not variants:
+            raise InputError(f"{label}: vary: expected a non-empty list of mappings")
+        body = {k: v for k, v in task.items() if k != "vary"}
+        for j, variables in enumerate(variants):
+            where = f"{label}: vary[{j}]"
+            if not isinstance(variables, dict) or not all(
+                    isinstance(v, (str, int, float, bool)) for v in variables.values()):
+                raise InputError(f"{where}: expected a mapping of names to plain values")
+            expanded.append({k: _fill(copy.deepcopy(v), variables, f"{where}: {k}") for k, v in body.items()})
+    return expanded
+
+
 def load_tasks(path: str | Path) -> TaskFile:
     path = str(path)
     try:
@@ -131,6 +176,8 @@ def load_tasks(path: str | Path) -> TaskFile:
         raise InputError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(doc, dict):
         raise InputError(f"{path}: expected a mapping with 'servers' and 'tasks'")
+    if isinstance(doc.get("tasks"), list):
+        doc["tasks"] = expand_variants(doc["tasks"], path)
     # Semantic checks first where the schema's message would be vaguer.
     for i, task in enumerate(doc.get("tasks") or []):
         if isinstance(task, dict) and isinstance(task.get("check"), dict):
