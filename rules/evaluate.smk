@@ -36,6 +36,7 @@ rule evaluate:
         samples=config["evaluate"]["samples"],
         max_error_rate=config["evaluate"]["max_error_rate"],
         endpoint=eval_endpoint_params,
+        system_prompt=config["curate"]["keep_system_prompt"],  # as the tuned model was trained
     conda:
         "../envs/tracetune.yaml"
     log:

@@ -1,6 +1,7 @@
 """Scoring of eval traces (hand-made, incl. malformed calls), the Wilson interval, the evaluate
 entry point against a scripted endpoint and a live demo MCP server, and the held-out loss."""
 
+import dataclasses
 import json
 import sys
 import textwrap
@@ -171,6 +172,17 @@ def test_evaluate_runs_only_eval_tasks(tmp_path):
     assert summary["tool_calls"]["valid"]["rate"] == 1.0
     assert summary["heldout_loss"]["loss"] == 1.25
     assert json.loads(Path(outputs(tmp_path)["summary_path"]).read_text()) == summary
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_evaluate_sends_the_system_prompt_only_if_training_kept_it(tmp_path, keep):
+    taskfile = dataclasses.replace(write_tasks(tmp_path, splits=("eval",)), system_prompt="Be brief.")
+    policy = tool_then_answer("search_products", {"query": "widget"}, "Here is a widget.")
+    with FakeEndpoint(policy) as fake:
+        evaluate_to_files(taskfile, Endpoint(fake.base_url, "fake", timeout_s=10), Settings(), samples=1,
+                          max_error_rate=0.5, model="lora", loss_path=None, system_prompt=keep, **outputs(tmp_path))
+    first = fake.requests[0]["messages"][0]
+    assert (first == {"role": "system", "content": "Be brief."}) == keep, first
 
 
 def test_evaluate_with_no_eval_tasks_is_one_line_error(tmp_path):

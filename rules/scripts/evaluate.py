@@ -16,4 +16,5 @@ evaluate_to_files(
     loss_path=snakemake.input.loss or None,
     results_path=snakemake.output.results,
     summary_path=snakemake.output.summary,
+    system_prompt=snakemake.params.system_prompt,
 )

@@ -6,6 +6,7 @@ The scoring functions are pure functions over trace dicts (DESIGN.md raw-trace s
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import math
@@ -217,9 +218,13 @@ def check_failures(traces: list[dict], max_error_rate: float) -> None:
 
 
 def evaluate_to_files(taskfile, endpoint, settings, *, samples: int, max_error_rate: float,
-                      model: str, loss_path: str | None, results_path: str, summary_path: str) -> dict:
+                      model: str, loss_path: str | None, results_path: str, summary_path: str,
+                      system_prompt: bool = True) -> dict:
     """The evaluate rule: traces to results.jsonl, scores (plus the held-out loss) to summary.json.
-    Both files are written only after everything succeeded."""
+    Both files are written only after everything succeeded. Without `system_prompt` the tasks are
+    put as training rows put them when curation drops the collection's guiding system prompt."""
+    if not system_prompt:
+        taskfile = dataclasses.replace(taskfile, system_prompt=None)
     traces = run_eval_tasks(taskfile, endpoint, settings, samples)
     check_failures(traces, max_error_rate)
     summary = {"model": model, "served_model": endpoint.model, "samples": samples} | score_traces(traces)
