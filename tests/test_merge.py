@@ -4,9 +4,7 @@ that `transformers serve` answers with a structured tool call."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ from train_fixtures import make_trace, render_rows, tiny_model, write_dataset  #
 from tracetune.jsonio import InputError  # noqa: E402
 from tracetune.merge import merge  # noqa: E402
 from tracetune.train import train  # noqa: E402
-from tracetune.serve import free_port  # noqa: E402
+from tracetune.serve import served_model  # noqa: E402
 
 
 
@@ -73,29 +71,12 @@ def test_served_merged_model_returns_a_structured_tool_call(tmp_path, tokenizer,
     train(tmp_path / "train.parquet", bundled_model, tmp_path / "adapter",
           {"max_steps": 12, "learning_rate": 2e-3, "save_steps": 100}, checkpoint_dir=tmp_path / "ckpt")
     out = merge(tmp_path / "adapter", bundled_model, tmp_path / "merged")
-    port = free_port()
-    serve = Path(sys.executable).parent / "transformers"
-    log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([str(serve), "serve", str(out), "--host", "127.0.0.1", "--port", str(port),
-                             "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=60, max_retries=0)
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                client.models.list()
-                break
-            except Exception:
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-                time.sleep(0.5)
-        reply = client.chat.completions.create(model=str(out), messages=trace["messages"][:1], tools=trace["tools"],
-                                               temperature=0, max_tokens=40)
-        calls = reply.choices[0].message.tool_calls
-        assert calls, reply.choices[0].message
-        expected = trace["messages"][1]["tool_calls"][0]["function"]
-        assert calls[0].function.name == expected["name"]
-        assert json.loads(calls[0].function.arguments) == json.loads(expected["arguments"])
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
+    with served_model(out, log_path=tmp_path / "serve.log") as served:
+        client = OpenAI(base_url=served.base_url, api_key="none", timeout=60, max_retries=0)
+        reply = client.chat.completions.create(model=served.model, messages=trace["messages"][:1],
+                                               tools=trace["tools"], temperature=0, max_tokens=40)
+    calls = reply.choices[0].message.tool_calls
+    assert calls, reply.choices[0].message
+    expected = trace["messages"][1]["tool_calls"][0]["function"]
+    assert calls[0].function.name == expected["name"]
+    assert json.loads(calls[0].function.arguments) == json.loads(expected["arguments"])

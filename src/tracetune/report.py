@@ -104,45 +104,46 @@ def plot_loss_curve(metrics: dict[str, list[dict]]) -> bytes:
     return _png(fig)
 
 
-def plot_success_per_task(models: list[str], summaries: dict) -> bytes:
+def grouped_bars(groups: list[str], series: dict[str, dict], *, ylabel: str, title: str,
+                 figsize: tuple[float, float], rotation: int = 0) -> bytes:
+    """One bar per series in each group; series: label -> {"rates": [...], "errs": [[lo], [hi]] | None}."""
     plt = _pyplot()
-    tasks = task_ids(models, summaries)
-    width = 0.8 / max(len(models), 1)
-    fig, ax = plt.subplots(figsize=(max(6.4, 0.6 * len(tasks) * len(models) + 2), 3.8))
-    for i, model in enumerate(models):
-        rows = {r["task_id"]: r for r in summaries[model]["tasks"]}
-        rates = [(rows[t]["success_rate"] or 0.0) if t in rows else 0.0 for t in tasks]
-        ax.bar([x + i * width for x in range(len(tasks))], rates, width, label=model)
-    ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(tasks))], tasks, rotation=40, ha="right")
+    width = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=figsize)
+    for i, (label, bars) in enumerate(series.items()):
+        ax.bar([x + i * width for x in range(len(groups))], bars["rates"], width,
+               yerr=bars.get("errs"), capsize=3, label=label)
+    ax.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(groups))], groups,
+                  rotation=rotation, ha="right" if rotation else "center")
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("success rate")
-    ax.set_title("Success per eval task")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     return _png(fig)
 
 
+def plot_success_per_task(models: list[str], summaries: dict) -> bytes:
+    tasks = task_ids(models, summaries)
+    series = {}
+    for model in models:
+        rows = {r["task_id"]: r for r in summaries[model]["tasks"]}
+        series[model] = {"rates": [(rows[t]["success_rate"] or 0.0) if t in rows else 0.0 for t in tasks]}
+    return grouped_bars(tasks, series, ylabel="success rate", title="Success per eval task",
+                        figsize=(max(6.4, 0.6 * len(tasks) * len(models) + 2), 3.8), rotation=40)
+
+
 def plot_tool_validity(models: list[str], summaries: dict) -> bytes:
-    plt = _pyplot()
     measures = ("parsable", "known_tool", "valid")
-    width = 0.8 / max(len(models), 1)
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    for i, model in enumerate(models):
+    series = {}
+    for model in models:
         calls = summaries[model]["tool_calls"]
         rates = [calls[m]["rate"] or 0.0 for m in measures]
         errs = [[r - calls[m]["ci95"][0] for r, m in zip(rates, measures)],
                 [calls[m]["ci95"][1] - r for r, m in zip(rates, measures)]]
-        xs = [x + i * width for x in range(len(measures))]
-        ax.bar(xs, rates, width, yerr=errs if calls["calls"] else None, capsize=3,
-               label=f"{model} ({calls['calls']} calls)")
-    ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(measures))],
-                  ["parsable JSON", "known tool", "schema-valid"])
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("share of tool calls")
-    ax.set_title("Tool-call validity (95 % CI)")
-    ax.legend()
-    ax.grid(axis="y", alpha=0.3)
-    return _png(fig)
+        series[f"{model} ({calls['calls']} calls)"] = {"rates": rates, "errs": errs if calls["calls"] else None}
+    return grouped_bars(["parsable JSON", "known tool", "schema-valid"], series, ylabel="share of tool calls",
+                        title="Tool-call validity (95 % CI)", figsize=(6.4, 3.6))
 
 
 def figures(models: list[str], data: dict) -> dict[str, bytes]:
