@@ -66,6 +66,7 @@ def run_plain_peft(data: Path, base: str) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tracetune.backends.peft_lora import lora_config
+    from tracetune.models import bf16_native
     from tracetune.train import DEFAULTS, build_sequences
 
     rows = pl.read_parquet(data).to_dicts()
@@ -73,7 +74,8 @@ def run_plain_peft(data: Path, base: str) -> dict:
     examples, _ = build_sequences(rows, tokenizer, DEFAULTS["max_seq_len"], merge_traces=False)
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16 if cuda else torch.float32).to(device)
+    bf16 = cuda or bf16_native("cpu")  # the rule's choice: bf16 where the device computes it natively
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16 if bf16 else torch.float32).to(device)
     torch.manual_seed(0)
     model = get_peft_model(model, lora_config(DEFAULTS))
     model.train()

@@ -17,6 +17,7 @@ from pathlib import Path
 import jsonschema
 
 from tracetune.jsonio import InputError, write_json, write_jsonl
+from tracetune.models import bf16_native
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +288,8 @@ def heldout_loss(model_dir: str, parquet_path: str, *, max_rows: int | None = No
         return {"loss": None, "rows": 0, "tokens": 0, "perplexity": None}
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+        dtype = torch.bfloat16 if bf16_native(device) else torch.float32  # logits are scored in float32
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
     except (OSError, ValueError) as e:
         raise InputError(f"{model_dir}: not a loadable model ({str(e).splitlines()[0]})") from None
     total, tokens = 0.0, 0

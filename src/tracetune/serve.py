@@ -60,7 +60,7 @@ def start_server(model_dir: str, port: int, *, host: str = "127.0.0.1", device: 
     """`transformers serve` in a session of its own, so stopping it can kill every process it made."""
     check_model_dir(model_dir)
     cmd = [sys.executable, "-m", "transformers.cli.transformers", "serve", model_dir,
-           "--host", host, "--port", str(port), "--device", device, "--log-level", "warning"]
+           "--host", host, "--port", str(port), "--device", device, "--log-level", "warning", "--continuous-batching"]
     log.info("starting: %s", " ".join(cmd))
     return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file or subprocess.DEVNULL,
                             stderr=subprocess.STDOUT if log_file else subprocess.DEVNULL,

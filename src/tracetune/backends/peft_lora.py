@@ -18,8 +18,10 @@ def load_lora_model(base_model: Path, settings: dict):
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from tracetune.models import bf16_native
+
     cuda = torch.cuda.is_available()
-    kwargs = {"dtype": torch.bfloat16 if cuda else torch.float32}  # float32 on CPU: bf16 matmuls are slow there
+    kwargs = {"dtype": torch.bfloat16 if cuda or bf16_native("cpu") else torch.float32}
     if cuda and settings["load_in_4bit"]:
         from transformers import BitsAndBytesConfig
 
