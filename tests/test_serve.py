@@ -71,6 +71,13 @@ def test_stored_trace_is_replayed_unchanged(shared):
     assert response.parse().choices[0].message.role == "assistant"
 
 
+def test_cpu_server_keeps_a_bounded_kv_cache(shared, base_dir):  # `shared` starts the server
+    """Continuous batching sizes its KV cache to 60 % of the RAM on CPU unless told: two evaluate jobs
+    serving at once then get OOM-killed."""
+    server = next(p for p in servers_of(base_dir) if "tracetune.serve" not in p.info["cmdline"])
+    assert server.memory_info().rss < 4 * 2**30
+
+
 def test_shared_server_is_started_once(shared, base_dir):
     served, state_dir = shared
     again = shared_endpoint(base_dir, state_dir=state_dir)
