@@ -17,7 +17,7 @@ from train_fixtures import make_trace, render_rows, tiny_model, write_dataset  #
 
 from tracetune import train as train_mod  # noqa: E402
 from tracetune.jsonio import InputError  # noqa: E402
-from tracetune.train import build_sequences, train  # noqa: E402
+from tracetune.train import build_sequences, last_checkpoint, train  # noqa: E402
 
 QWEN3_TEMPLATE = Path(__import__("trl").__file__).parent / "chat_templates" / "qwen3.jinja"
 FAST = {"save_steps": 100, "learning_rate": 1e-3}
@@ -131,20 +131,29 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tokenizer, tiny):
     args = [str(tmp_path / "train.parquet"), str(tiny), str(tmp_path / "out"), str(tmp_path / "ckpt")]
     proc = subprocess.Popen([sys.executable, "-c", RUN_TRAIN, *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    state = tmp_path / "ckpt" / "checkpoint-2" / "trainer_state.json"
+    ckpt = tmp_path / "ckpt"
     deadline = time.monotonic() + 120
-    while not state.is_file() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)  # let the checkpoint finish writing
-    proc.send_signal(signal.SIGKILL)
+    while last_checkpoint(ckpt) is None and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # at once: a later checkpoint may be half-written, which resume skips
     proc.wait()
-    assert state.is_file(), "no checkpoint before the kill"
+    assert last_checkpoint(ckpt), "no checkpoint before the kill"
     assert not (tmp_path / "out").exists()  # nothing half-built in the output
     summary = train(*args[:3], {"epochs": 3, "save_steps": 2, "learning_rate": 1e-3}, checkpoint_dir=args[3])
     assert summary["resumed_from_step"] >= 2 and summary["steps"] == 6
     assert summary["tokens_trained"] < 3 * summary["tokens"]  # the steps before the checkpoint were not redone
     steps = [json.loads(line)["step"] for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 7))
+
+
+def test_resume_passes_over_a_checkpoint_cut_short(tmp_path):
+    for step, state in [(2, '{"global_step": 2}'), (4, '{"global_st'), (10, None)]:
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    assert last_checkpoint(tmp_path / "none") is None
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import re
 import resource
 import shutil
 import time
@@ -232,9 +233,17 @@ def prepare_checkpoint_dir(path: Path, print_: str) -> Path:
 
 
 def last_checkpoint(path: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(path)) if path.is_dir() else None
+    """The newest complete checkpoint. The Trainer writes trainer_state.json last, so a run killed
+    while saving leaves a folder without it (or with it cut short): that one is passed over."""
+    steps = sorted((int(m.group(1)), d) for d in path.glob("checkpoint-*")
+                   if (m := re.fullmatch(r"checkpoint-(\d+)", d.name)) and d.is_dir())
+    for _, folder in reversed(steps):
+        try:
+            json.loads((folder / "trainer_state.json").read_text())
+            return str(folder)
+        except (OSError, ValueError):
+            log.warning("%s: incomplete checkpoint (killed while saving?), passed over", folder)
+    return None
 
 
 def peak_memory_mb(device: str) -> float:
