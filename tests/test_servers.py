@@ -51,8 +51,9 @@ def test_shop_over_stdio_is_deterministic():
             hits = await box.call("search_products", {"query": "blankets"})
             assert hits.content.splitlines() == ["HM-01 Wool blanket - $59.00", "OT-02 Picnic blanket - $18.00"]
             assert "Leeds 12, Bristol 0, Glasgow 5 (total 17)" in (await box.call("check_stock", {"sku": "kb-03"})).content
-            quote = await box.call("shipping_quote", {"sku": "HM-01", "quantity": 1, "country": "UK"})
+            quote = await box.call("shipping_quote", {"country": "UK", "sku": "HM-01", "quantity": 1})
             assert "shipping free" in quote.content  # free UK shipping from $50
+            assert (await box.call("shipping_quote", {"sku": "HM-01"})).is_error  # no destination
             first = await box.call("create_order", {"sku": "GD-03", "quantity": 2})
             second = await box.call("create_order", {"sku": "GD-03"})
             assert "ORD-2001" in first.content and "$22.40" in first.content and "ORD-2002" in second.content

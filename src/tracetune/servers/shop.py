@@ -158,8 +158,9 @@ def check_stock(sku: str) -> str:
 
 
 @mcp.tool(structured_output=False)
-def shipping_quote(sku: str, quantity: int = 1, country: str = "UK") -> str:
-    """Shipping cost and delivery time to a country."""
+def shipping_quote(country: str, sku: str, quantity: int = 1) -> str:
+    """Shipping cost and delivery time of a product to a country."""
+    # The destination comes first and has no default: small models drop trailing optional arguments.
     p = find_product(sku)
     if quantity < 1:
         raise ToolError("quantity must be at least 1.")
