@@ -65,8 +65,7 @@ def run_plain_peft(data: Path, base: str) -> dict:
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tracetune.backends.peft_lora import lora_config
-    from tracetune.models import bf16_native
+    from tracetune.backends.peft_lora import lora_config, weights_dtype
     from tracetune.train import DEFAULTS, build_sequences
 
     rows = pl.read_parquet(data).to_dicts()
@@ -74,8 +73,7 @@ def run_plain_peft(data: Path, base: str) -> dict:
     examples, _ = build_sequences(rows, tokenizer, DEFAULTS["max_seq_len"], merge_traces=False)
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
-    bf16 = cuda or bf16_native("cpu")  # the rule's choice: bf16 where the device computes it natively
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16 if bf16 else torch.float32).to(device)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=weights_dtype()).to(device)  # as the rule loads it
     torch.manual_seed(0)
     model = get_peft_model(model, lora_config(DEFAULTS))
     model.train()

@@ -4,7 +4,6 @@ Every problem is reported as one line naming the file, the item and the field.""
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import re
@@ -162,7 +161,7 @@ def expand_variants(tasks: list, path: str) -> list:
             if not isinstance(variables, dict) or not all(
                     isinstance(v, (str, int, float, bool)) for v in variables.values()):
                 raise InputError(f"{where}: expected a mapping of names to plain values")
-            expanded.append({k: _fill(copy.deepcopy(v), variables, f"{where}: {k}") for k, v in body.items()})
+            expanded.append({k: _fill(v, variables, f"{where}: {k}") for k, v in body.items()})  # _fill copies
     return expanded
 
 

@@ -13,15 +13,22 @@ def lora_config(settings: dict):
                       bias="none", task_type="CAUSAL_LM")
 
 
+def weights_dtype():
+    """bf16 on CUDA and on CPUs that compute it natively, float32 elsewhere."""
+    import torch
+
+    from tracetune.models import bf16_native
+
+    return torch.bfloat16 if torch.cuda.is_available() or bf16_native("cpu") else torch.float32
+
+
 def load_lora_model(base_model: Path, settings: dict):
     import torch
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from tracetune.models import bf16_native
-
     cuda = torch.cuda.is_available()
-    kwargs = {"dtype": torch.bfloat16 if cuda or bf16_native("cpu") else torch.float32}
+    kwargs = {"dtype": weights_dtype()}
     if cuda and settings["load_in_4bit"]:
         from transformers import BitsAndBytesConfig
 
