@@ -50,8 +50,12 @@ def run(policy, task=TASK, timeout_s=2, **fake):
     with FakeEndpoint(policy, **fake) as fake_endpoint:
         endpoint = Endpoint(fake_endpoint.base_url, "fake", timeout_s=timeout_s, max_retries=3)
         box = PriceBox()
-        trace = asyncio.run(run_agent(endpoint.client(), endpoint, box, task, [PRICE_TOOL], Settings(), 0, None))
-        return trace, box, fake_endpoint
+
+        async def agent():
+            async with endpoint.client() as client:
+                return await run_agent(client, endpoint, box, task, [PRICE_TOOL], Settings(), 0, None)
+
+        return asyncio.run(agent()), box, fake_endpoint
 
 
 @pytest.mark.parametrize("as_text", [False, True])

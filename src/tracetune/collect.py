@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import urllib.parse
@@ -90,17 +91,18 @@ async def acollect(taskfile: TaskFile, task_ids: Iterable[str], endpoint: Endpoi
     needs_model = any(s is not None for _, s in jobs)
     if needs_model and endpoint is None:
         raise ValueError("model samples were asked for but no endpoint was given")
-    client = endpoint.client() if needs_model else None
     limit, progress = asyncio.Semaphore(settings.concurrency), Progress(len(jobs))
 
-    async def guarded(task, sample):
+    async def guarded(task, sample, client):
         async with limit:
             progress.running += 1
             trace = await run_one(task, taskfile, endpoint, settings, sample, client)
             progress.finished(trace)
             return trace
 
-    traces = await asyncio.gather(*(guarded(task, s) for task, s in jobs))
+    # Closed inside the loop: a client left to the garbage collector closes on a dead loop.
+    async with endpoint.client() if needs_model else contextlib.nullcontext() as client:
+        traces = await asyncio.gather(*(guarded(task, s, client) for task, s in jobs))
     by_task: dict[str, list[dict]] = {t: [] for t in task_ids}
     for trace in traces:
         by_task[trace["task_id"]].append(trace)
