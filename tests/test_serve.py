@@ -14,7 +14,7 @@ import pytest
 
 from test_models import TOOLS
 from tracetune.jsonio import InputError
-from tracetune.serve import OWNER_ENV, served_model, shared_endpoint, stop_shared_servers
+from tracetune.serve import OWNER_ENV, cpu_server_threads, served_model, shared_endpoint, stop_shared_servers
 
 
 def servers_of(model_dir) -> list[psutil.Process]:
@@ -76,6 +76,23 @@ def test_cpu_server_keeps_a_bounded_kv_cache(shared, base_dir):  # `shared` star
     serving at once then get OOM-killed."""
     server = next(p for p in servers_of(base_dir) if "tracetune.serve" not in p.info["cmdline"])
     assert server.memory_info().rss < 4 * 2**30
+
+
+def test_cpu_server_takes_half_the_cores(shared, base_dir):
+    """Two CPU servers side by side (evaluate's base and tuned model) must not outnumber the
+    cores with OpenMP threads, or each slows down some 70 times (bench/serve_side_by_side.py)."""
+    server = next(p for p in servers_of(base_dir) if "tracetune.serve" not in p.info["cmdline"])
+    assert server.environ()["OMP_NUM_THREADS"] == str(cpu_server_threads())
+
+
+def test_cpu_server_threads_follow_the_cores_unless_told(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert cpu_server_threads() == 8
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert cpu_server_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_server_threads() == 3
 
 
 def test_shared_server_is_started_once(shared, base_dir):

@@ -63,12 +63,23 @@ def start_server(model_dir: str, port: int, *, host: str = "127.0.0.1", device: 
     cmd = [sys.executable, "-m", "transformers.cli.transformers", "serve", model_dir,
            "--host", host, "--port", str(port), "--device", device, "--log-level", "warning",
            "--continuous-batching"]  # 5x the tokens/s of one request at a time for the agent's concurrent runs
+    env = None
     if device == "cpu":  # else its KV cache takes 60 % of the RAM, per server
         cmd += ["--cb-num-blocks", str(CPU_KV_CACHE_PAGES)]
+        env = os.environ | {"OMP_NUM_THREADS": str(cpu_server_threads())}
     log.info("starting: %s", " ".join(cmd))
     return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file or subprocess.DEVNULL,
                             stderr=subprocess.STDOUT if log_file else subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, env=env)
+
+
+def cpu_server_threads() -> int:
+    """OMP_NUM_THREADS when set, else half the usable cores. Evaluate serves the base and the
+    tuned model side by side, and two servers whose OpenMP threads outnumber the cores wait on
+    each other in every barrier: 3 tokens/s each instead of 184 on 2 cores."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return int(os.environ["OMP_NUM_THREADS"])
+    return max(1, len(os.sched_getaffinity(0)) // 2)
 
 
 def stop_process_group(pgid: int, grace_s: float = 10.0) -> None:
