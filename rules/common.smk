@@ -5,6 +5,7 @@ from pathlib import Path
 from tracetune.config import cached_server_tools, check_reference_tools, load_config, load_tasks, task_hash
 from tracetune.curate import edit_paths, read_reject_ids
 from tracetune.jsonio import InputError
+from tracetune.toolsets import ToolRendering, check_task_options
 
 
 def _validated_inputs():
@@ -12,7 +13,9 @@ def _validated_inputs():
     try:
         load_config(config, where="config.yaml")
         taskfile = load_tasks(config["tasks"])
-        check_reference_tools(taskfile, cached_server_tools(taskfile, ".snakemake/tracetune"))
+        server_tools = cached_server_tools(taskfile, ".snakemake/tracetune")
+        check_reference_tools(taskfile, server_tools)
+        check_task_options(ToolRendering.from_config(config["dataset"]), taskfile, server_tools, "config.yaml")
     except InputError as e:
         sys.exit(f"tracetune: {e}")
     return taskfile

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_fixtures import make_trace, render_rows, tiny_model, write_dataset  # noqa: E402
+from train_fixtures import TOOLS, make_trace, render_rows, tiny_model, write_dataset  # noqa: E402
 
 from tracetune import train as train_mod  # noqa: E402
 from tracetune.jsonio import InputError  # noqa: E402
@@ -79,6 +79,17 @@ def test_rows_that_render_differently_at_their_end_train_separately(tokenizer):
     # the same trace under the bundled (prefix-preserving) template merges into one sequence
     examples, counts = build_sequences(render_rows(tokenizer, trace), tokenizer, 4096)
     assert counts["merged_sequences"] == 1 and len(examples) == 1
+
+
+def test_each_rendering_of_a_trace_merges_into_its_own_sequence(tokenizer):
+    """Two renderings (other tool lists) of one trace share a trace id but are not prefixes of
+    each other: each must still merge into one sequence of its own."""
+    trace = make_trace(2, turns=2)
+    other = dict(trace, tools=TOOLS + [{"type": "function", "function": {"name": "refund", "parameters": {}}}])
+    rows = render_rows(tokenizer, trace) + [row | {"rendering": 1} for row in render_rows(tokenizer, other)]
+    examples, counts = build_sequences(rows, tokenizer, 4096)
+    assert counts["merged_sequences"] == 2 and len(examples) == 2
+    assert counts["loss_tokens"] == build_sequences(rows, tokenizer, 4096, merge_traces=False)[1]["loss_tokens"]
 
 
 def test_loss_labels_cover_exactly_the_target_turns(tokenizer):

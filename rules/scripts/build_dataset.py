@@ -3,6 +3,7 @@ from tracetune.logs import log_to
 log_to(snakemake.log[0])
 
 from tracetune.dataset import build_dataset
+from tracetune.toolsets import ToolRendering
 
 build_dataset(
     list(snakemake.input.traces),
@@ -13,5 +14,6 @@ build_dataset(
     card_path=snakemake.output.card,
     report_path=snakemake.output.report,
     max_seq_len=snakemake.params.dataset["max_seq_len"],
+    tool_rendering=ToolRendering.from_config(snakemake.params.dataset),
     base_model=snakemake.params.base_model,
 )

@@ -32,8 +32,9 @@ def trace_id(task_id: str, sample: int | None) -> str:
 
 
 async def run_one(task: dict, taskfile: TaskFile, endpoint: Endpoint | None, settings: Settings,
-                  sample: int | None, client=None) -> dict:
-    """One trace: the reference plan when sample is None, else one model sample. Never raises."""
+                  sample: int | None, client=None, reverse_tools: bool = False) -> dict:
+    """One trace: the reference plan when sample is None, else one model sample, offered the
+    tools in reverse order with `reverse_tools` (evaluation's robustness check). Never raises."""
     servers = {name: taskfile.servers[name] for name in task["servers"]}
     header = {
         "trace_id": trace_id(task["id"], sample), "task_id": task["id"], "sample": sample or 0,
@@ -47,8 +48,10 @@ async def run_one(task: dict, taskfile: TaskFile, endpoint: Endpoint | None, set
     try:
         # A fresh set of servers per trace: stateful tools (orders) start from the same state.
         async with ToolBox(servers, truncate=settings.truncate, tool_timeout_s=settings.tool_timeout_s) as toolbox:
+            # Every tool of the task's servers, for training rows that offer the full list.
+            header["server_tools"] = toolbox.openai_tools(task["servers"])
             tools = toolbox.openai_tools(task["servers"], task.get("tools"))
-            header["tools"] = tools
+            header["tools"] = tools = tools[::-1] if reverse_tools else tools
             if sample is None:
                 body = await replay_reference(toolbox, task, taskfile.system_prompt)
             else:
@@ -84,7 +87,8 @@ class Progress:
 
 
 async def acollect(taskfile: TaskFile, task_ids: Iterable[str], endpoint: Endpoint | None, settings: Settings, *,
-                   default_samples: int = 0, reference: bool = True, samples: int | None = None) -> dict[str, list[dict]]:
+                   default_samples: int = 0, reference: bool = True, samples: int | None = None,
+                   reverse_tools: bool = False) -> dict[str, list[dict]]:
     """Collect every planned trace of the given tasks, `settings.concurrency` at a time."""
     jobs = [(taskfile.tasks[t], s) for t in task_ids
             for s in planned_samples(taskfile.tasks[t], default_samples, reference, samples)]
@@ -96,7 +100,7 @@ async def acollect(taskfile: TaskFile, task_ids: Iterable[str], endpoint: Endpoi
     async def guarded(task, sample, client):
         async with limit:
             progress.running += 1
-            trace = await run_one(task, taskfile, endpoint, settings, sample, client)
+            trace = await run_one(task, taskfile, endpoint, settings, sample, client, reverse_tools)
             progress.finished(trace)
             return trace
 

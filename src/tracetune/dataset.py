@@ -14,6 +14,7 @@ a row correctly is an error naming the trace and the turn.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 import logging
 from collections import Counter, defaultdict
@@ -28,13 +29,14 @@ from transformers.utils.chat_template_utils import (_alias_reasoning_fields, _co
                                                     _plain_template_data, _render_with_assistant_indices)
 
 from tracetune.jsonio import InputError, atomic_path, read_jsonl, write_json, write_text
+from tracetune.toolsets import ToolRendering, distractor_pool, tool_lists
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "eval")
 SCHEMA = pa.schema([
     ("id", pa.string()), ("trace_id", pa.string()), ("task_id", pa.string()), ("split", pa.string()),
-    ("turn", pa.int32()), ("messages", pa.string()), ("tools", pa.string()),
+    ("turn", pa.int32()), ("rendering", pa.int32()), ("messages", pa.string()), ("tools", pa.string()),
     ("prompt", pa.string()), ("completion", pa.string()), ("text", pa.string()),
     ("loss_start", pa.int32()), ("loss_end", pa.int32()), ("n_tokens", pa.int32()), ("n_loss_tokens", pa.int32()),
 ])
@@ -88,11 +90,10 @@ class Renderer:
         return template.render(**kwargs), []
 
 
-def template_data(trace: dict) -> tuple[list[dict], list[dict] | None]:
-    """The trace's messages and tools as transformers hands them to a template: plain JSON data
-    (the sandbox's rule) with reasoning under every name templates read. Done once per trace."""
-    messages = _alias_reasoning_fields(_plain_template_data(trace["messages"]))
-    return messages, _plain_template_data(trace.get("tools")) or None
+def template_data(messages: list[dict], tools: list[dict] | None) -> tuple[list[dict], list[dict] | None]:
+    """Messages and tools as transformers hands them to a template: plain JSON data (the
+    sandbox's rule) with reasoning under every name templates read. Done once per rendering."""
+    return _alias_reasoning_fields(_plain_template_data(messages)), _plain_template_data(tools) or None
 
 
 def assistant_indices(trace: dict) -> list[int]:
@@ -152,21 +153,33 @@ def _common_prefix(a: str, b: str) -> int:
 
 # --- unrolling ----------------------------------------------------------------------------------
 
-def unroll_trace(renderer: Renderer, trace: dict, split: str) -> list[dict]:
-    """One row per assistant turn, tokens not yet counted."""
-    tools_json = json.dumps(trace.get("tools") or [], ensure_ascii=False)
+def unroll_trace(renderer: Renderer, trace: dict, split: str, tools: list[dict] | None = None,
+                 rendering: int = 0) -> list[dict]:
+    """One row per assistant turn, rendered with `tools` (default: the trace's own), tokens not
+    yet counted. Renderings after the first get their number in the row id."""
+    tools = trace.get("tools") or [] if tools is None else tools
+    tools_json = json.dumps(tools, ensure_ascii=False)
+    suffix = f"@{rendering}" if rendering else ""
     rows = []
-    data = template_data(trace)
+    data = template_data(trace["messages"], tools)
     for turn, index in enumerate(assistant_indices(trace)):
         prompt, text = render_turn(renderer, trace, data, index, turn)
         rows.append({
-            "id": f"{trace['trace_id']}:{turn}", "trace_id": trace["trace_id"], "task_id": trace["task_id"],
-            "split": split, "turn": turn,
+            "id": f"{trace['trace_id']}:{turn}{suffix}", "trace_id": trace["trace_id"], "task_id": trace["task_id"],
+            "split": split, "turn": turn, "rendering": rendering,
             "messages": json.dumps(trace["messages"][:index + 1], ensure_ascii=False), "tools": tools_json,
             "prompt": prompt, "completion": text[len(prompt):], "text": text,
             "loss_start": len(prompt), "loss_end": len(text),
         })
     return rows
+
+
+def unroll_renderings(renderer: Renderer, trace: dict, split: str, opts: ToolRendering,
+                      pool: dict[str, dict]) -> list[dict]:
+    """The trace's rows under each of its tool lists: `opts.renderings` for training, one for eval."""
+    count = opts.renderings if split == "train" else 1
+    return [row for r, tools in enumerate(tool_lists(trace, opts, pool, count))
+            for row in unroll_trace(renderer, trace, split, tools, r)]
 
 
 def _longest_texts(rows: list[dict]) -> list[int]:
@@ -242,9 +255,9 @@ class SplitStats:
 
 
 def build_rows(renderer: Renderer, traces: list[tuple[str, dict]], max_seq_len: int,
-               stats: dict[str, SplitStats]) -> dict[str, list[dict]]:
+               stats: dict[str, SplitStats], opts: ToolRendering, pool: dict[str, dict]) -> dict[str, list[dict]]:
     """Render and count one batch of traces; rows over max_seq_len are dropped and counted."""
-    rows = [row for split, trace in traces for row in unroll_trace(renderer, trace, split)]
+    rows = [row for split, trace in traces for row in unroll_renderings(renderer, trace, split, opts, pool)]
     count_tokens(renderer, rows)
     kept = defaultdict(list)
     for row in rows:
@@ -263,7 +276,7 @@ def build_rows(renderer: Renderer, traces: list[tuple[str, dict]], max_seq_len: 
 
 
 def write_parquet_splits(renderer: Renderer, traces: Iterable[tuple[str, dict]], out_paths: dict[str, str],
-                         max_seq_len: int) -> dict[str, SplitStats]:
+                         max_seq_len: int, opts: ToolRendering, pool: dict[str, dict]) -> dict[str, SplitStats]:
     """Stream traces into one Parquet file per split (rows in input order; no timestamps, so the
     same inputs give the same bytes). Files replace the old ones only when all succeeded."""
     stats = {split: SplitStats() for split in SPLITS}
@@ -272,7 +285,7 @@ def write_parquet_splits(renderer: Renderer, traces: Iterable[tuple[str, dict]],
                    for split, tmp in (("train", train_tmp), ("eval", eval_tmp))}
         try:
             for batch in _batches(traces, TRACES_PER_BATCH):
-                for split, rows in build_rows(renderer, batch, max_seq_len, stats).items():
+                for split, rows in build_rows(renderer, batch, max_seq_len, stats, opts, pool).items():
                     writers[split].write_table(pa.Table.from_pylist(rows, schema=SCHEMA))
         finally:
             for writer in writers.values():
@@ -292,6 +305,16 @@ def checked_for_leakage(traces: Iterable[tuple[str, dict]], sources: Counter) ->
         yield split, trace
 
 
+def tool_rendering_note(opts: dict) -> str:
+    offered = ("every tool of the task's servers" if opts["tool_list"] == "servers"
+               else "the tools offered during collection")
+    extras = [f"{opts['distractors']} distractor tool(s) of other servers" if opts["distractors"] else "",
+              "in a shuffled order" if opts["shuffle"] else "", f"seed {opts['seed']}"]
+    return (f"Each row offers {offered}, " + ", ".join(e for e in extras if e) +
+            f"; every training trace is rendered {opts['renderings']} time(s), each with its own tool list "
+            "(column `rendering`).")
+
+
 def dataset_card(report: dict) -> str:
     splits = report["splits"]
     lines = [
@@ -309,6 +332,8 @@ def dataset_card(report: dict) -> str:
         "Agent traces collected against MCP tool servers, curated (checks passed, valid tool calls, "
         "duplicates dropped) and unrolled: one row per assistant turn, rendered with the base "
         f"model's chat template (base model: `{report['base_model']}`).",
+        "",
+        tool_rendering_note(report["tool_rendering"]),
         "",
         "Only the target turn is trained: `completion` (= `text[loss_start:loss_end]`) holds its "
         "reasoning, content, tool calls and end-of-turn token; `prompt` is the history before it "
@@ -332,13 +357,18 @@ def dataset_card(report: dict) -> str:
 
 def build_dataset(curated_paths: list[str], splits: dict[str, str], model_dir: str, *, train_path: str,
                   eval_path: str, card_path: str, report_path: str, max_seq_len: int,
-                  base_model: str = "", chat_template: str | None = None) -> dict:
+                  tool_rendering: ToolRendering = ToolRendering(), base_model: str = "",
+                  chat_template: str | None = None) -> dict:
     """Curated traces → train/eval Parquet, dataset card and report."""
     renderer = Renderer.load(model_dir, chat_template)
+    # Distractors come from every server's tools: a first pass reads them (only when asked for).
+    pool = distractor_pool(t for _, t in read_curated(curated_paths, splits)) if tool_rendering.distractors else {}
     sources: Counter = Counter()
     traces = checked_for_leakage(read_curated(curated_paths, splits), sources)  # streamed: memory stays flat
-    stats = write_parquet_splits(renderer, traces, {"train": train_path, "eval": eval_path}, max_seq_len)
+    stats = write_parquet_splits(renderer, traces, {"train": train_path, "eval": eval_path}, max_seq_len,
+                                 tool_rendering, pool)
     report = {"base_model": base_model or str(model_dir), "max_seq_len": max_seq_len,
+              "tool_rendering": dataclasses.asdict(tool_rendering),
               "end_of_turn": renderer.end_of_turn, "sources": dict(sorted(sources.items())),
               "splits": {split: stats[split].summary() for split in SPLITS}}
     write_text(card_path, dataset_card(report))

@@ -175,9 +175,9 @@ def _merged_example(tokenizer, rows: list[dict], row_examples: list[dict]) -> di
 def build_sequences(rows: list[dict], tokenizer, max_seq_len: int, merge_traces: bool = True,
                     where: str = "dataset") -> tuple[list[dict], dict]:
     """Training examples (input_ids, labels) and counts; merged per trace where the rendering allows."""
-    by_trace: dict[str, list[dict]] = defaultdict(list)
-    for row in rows:
-        by_trace[row["trace_id"]].append(row)
+    by_trace: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:  # each rendering of a trace is its own sequence (its tool list differs)
+        by_trace[row["trace_id"], row.get("rendering") or 0].append(row)
     examples, dropped, shortest = [], 0, None
     for trace_rows in by_trace.values():
         row_examples = [_row_example(tokenizer, row) for row in trace_rows]
