@@ -23,18 +23,20 @@ rule eval_loss:
 
 rule evaluate:
     input:
-        code=src("evaluate.py", "collect.py", "agent.py", "parsing.py", "checks.py", "mcp_client.py"),
+        code=src("evaluate.py", "collect.py", "agent.py", "parsing.py", "checks.py", "mcp_client.py", "config.py"),
         endpoint=eval_endpoint,
         loss=eval_loss_input,
     output:
         results="data/eval/{model}/results.jsonl",
         summary="data/eval/{model}/summary.json",
+        reordered="data/eval/{model}/reordered.jsonl",
     params:
         spec=eval_spec(),
         tasks=config["tasks"],
         settings=eval_settings(),
         samples=config["evaluate"]["samples"],
         max_error_rate=config["evaluate"]["max_error_rate"],
+        reorder=config["evaluate"]["reorder_check"],
         endpoint=eval_endpoint_params,
         system_prompt=config["curate"]["keep_system_prompt"],  # as the tuned model was trained
     conda:

@@ -27,9 +27,19 @@ def tool_then_answer(tool: str, arguments: dict, answer: str, as_text: bool = Fa
     return policy
 
 
+def first_tool_then_answer(arguments: dict, answer: str):
+    """Policy (with sees_tools): call whichever tool is offered first, answer after its result."""
+
+    def policy(messages: list[dict], tools: list[dict]) -> dict:
+        return tool_then_answer(tools[0]["function"]["name"], arguments, answer)(messages)
+
+    return policy
+
+
 class FakeEndpoint:
-    def __init__(self, policy, latency_s: float = 0.0, fail_first: int = 0, hang_first: int = 0, hang_s: float = 5):
-        self.policy, self.latency_s = policy, latency_s
+    def __init__(self, policy, latency_s: float = 0.0, fail_first: int = 0, hang_first: int = 0, hang_s: float = 5,
+                 sees_tools: bool = False):
+        self.policy, self.latency_s, self.sees_tools = policy, latency_s, sees_tools
         self.fail_left, self.hang_left, self.hang_s = fail_first, hang_first, hang_s
         self.requests: list[dict] = []
         self.lock = threading.Lock()
@@ -54,7 +64,8 @@ class FakeEndpoint:
                 time.sleep(endpoint.latency_s)
                 if fail:
                     return self.reply(500, {"error": {"message": "injected failure"}})
-                message = endpoint.policy(body["messages"])
+                message = (endpoint.policy(body["messages"], body.get("tools") or []) if endpoint.sees_tools
+                           else endpoint.policy(body["messages"]))
                 self.reply(200, {
                     "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": body["model"],
                     "choices": [{"index": 0, "message": message,

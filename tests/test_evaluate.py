@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from fakes import FakeEndpoint, tool_then_answer
+from fakes import FakeEndpoint, first_tool_then_answer, tool_then_answer
 from tracetune.agent import Endpoint, Settings
 from tracetune.config import load_tasks
 from tracetune.evaluate import (check_failures, evaluate_to_files, heldout_loss, percentile, score_traces,
-                                tool_call_validity, wilson_interval)
+                                tool_call_validity, tool_selection, wilson_interval)
 from tracetune.jsonio import InputError, read_jsonl
 from tracetune.serve import free_port
 
@@ -154,7 +154,8 @@ def write_tasks(tmp_path, splits=("eval", "eval", "train")):
 
 def outputs(tmp_path):
     return {"results_path": str(tmp_path / "eval" / "results.jsonl"),
-            "summary_path": str(tmp_path / "eval" / "summary.json")}
+            "summary_path": str(tmp_path / "eval" / "summary.json"),
+            "reordered_path": str(tmp_path / "eval" / "reordered.jsonl")}
 
 
 def test_evaluate_runs_only_eval_tasks(tmp_path):
@@ -267,3 +268,65 @@ def test_heldout_loss_names_a_row_without_loss_region(tiny_model, tmp_path):
     pl.DataFrame([{"id": "r1", "text": "hello"}]).write_parquet(tmp_path / "eval.parquet")
     with pytest.raises(InputError, match=r"eval.parquet: row 'r1': no loss region"):
         heldout_loss(str(tiny_model), str(tmp_path / "eval.parquet"))
+
+
+def test_reversed_tool_lists_show_a_model_that_picks_by_position(tmp_path):
+    """A model that calls whatever tool comes first solves every task in the servers' order and
+    none with the lists reversed: the robustness check must say so."""
+    taskfile = write_tasks(tmp_path, splits=("eval", "eval"))
+    with FakeEndpoint(first_tool_then_answer({"query": "widget"}, "Here is a widget."), sees_tools=True) as fake:
+        summary = evaluate_to_files(taskfile, Endpoint(fake.base_url, "fake", timeout_s=10), Settings(), samples=1,
+                                    max_error_rate=0.5, model="lora", loss_path=None, reorder=True, **outputs(tmp_path))
+    assert summary["success"]["per_task"]["k"] == 2
+    assert summary["reordered"]["per_task"]["k"] == 0
+    assert summary["reordered"]["delta_points"] == -100.0 and summary["reordered"]["flipped"] == ["t0", "t1"]
+    reordered = [t for _, t in read_jsonl(outputs(tmp_path)["reordered_path"])]
+    given = [t for _, t in read_jsonl(outputs(tmp_path)["results_path"])]
+    assert [x["function"]["name"] for x in reordered[0]["tools"]] == [x["function"]["name"] for x in given[0]["tools"]][::-1]
+
+
+def test_reorder_check_off_writes_an_empty_file(tmp_path):
+    taskfile = write_tasks(tmp_path, splits=("eval",))
+    with FakeEndpoint(tool_then_answer("search_products", {"query": "widget"}, "Here is a widget.")) as fake:
+        summary = evaluate_to_files(taskfile, Endpoint(fake.base_url, "fake", timeout_s=10), Settings(), samples=1,
+                                    max_error_rate=0.5, model="lora", loss_path=None, **outputs(tmp_path))
+    assert summary["reordered"] is None and len(fake.requests) == 2
+    assert Path(outputs(tmp_path)["reordered_path"]).read_text() == ""
+
+
+def _trace_with_calls(*names):
+    messages = [{"role": "user", "content": "q"}]
+    for i, name in enumerate(names):
+        messages.append({"role": "assistant", "content": "", "tool_calls": [
+            {"id": f"c{i}", "type": "function", "function": {"name": name, "arguments": "{}"}}]})
+        messages.append({"role": "tool", "tool_call_id": f"c{i}", "name": name, "content": "ok"})
+    messages.append({"role": "assistant", "content": "done"})
+    return {"trace_id": "t--s0", "task_id": "t", "messages": messages, "tools": [],
+            "outcome": {"status": "answered"}, "check": {"passed": True}}
+
+
+@pytest.mark.parametrize("calls, first, every", [
+    (("search_products", "check_stock"), True, True),
+    (("check_stock", "search_products"), False, True),   # right tools, wrong first choice
+    (("search_products",), True, False),                  # stopped before the stock lookup
+    (("create_order", "search_products", "check_stock"), False, True),
+    ((), False, False),                                    # answered without a tool
+])
+def test_tool_selection_against_the_reference_plan(calls, first, every):
+    expected = ["search_products", "check_stock"]
+    assert tool_selection(_trace_with_calls(*calls), expected) == {"first_call": first, "all_tools": every}
+
+
+def test_summary_gives_tool_selection_and_success_per_capability():
+    plan = [{"tool": "search_products", "arguments": {}}, {"tool": "check_stock", "arguments": {}}, {"answer": "x"}]
+    tasks = {"a": {"capability": "stock", "reference": plan}, "b": {"capability": "stock", "reference": plan},
+             "c": {"capability": "price", "reference": plan[:1] + plan[2:]}, "d": {}}
+    traces = [_trace_with_calls("search_products", "check_stock") | {"task_id": "a"},
+              _trace_with_calls("get_product") | {"task_id": "b", "check": {"passed": False}},
+              _trace_with_calls("search_products") | {"task_id": "c"},
+              _trace_with_calls() | {"task_id": "d"}]
+    summary = score_traces(traces, tasks)
+    assert summary["tool_selection"]["first_call"]["k"] == 2 and summary["tool_selection"]["first_call"]["n"] == 3
+    assert summary["tool_selection"]["all_tools"]["k"] == 2
+    assert {c: (r["k"], r["n"]) for c, r in summary["capabilities"].items()} == {
+        "general": (1, 1), "price": (1, 1), "stock": (1, 2)}

@@ -16,5 +16,7 @@ evaluate_to_files(
     loss_path=snakemake.input.loss or None,
     results_path=snakemake.output.results,
     summary_path=snakemake.output.summary,
+    reordered_path=snakemake.output.reordered,
+    reorder=snakemake.params.reorder,
     system_prompt=snakemake.params.system_prompt,
 )

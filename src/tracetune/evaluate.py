@@ -136,12 +136,35 @@ def passed(trace: dict) -> bool:
     return bool((trace.get("check") or {}).get("passed"))
 
 
-def task_row(task_id: str, traces: list[dict]) -> dict:
+def expected_tools(task: dict) -> list[str]:
+    """The tools the task's reference plan calls, in order (none without a plan)."""
+    return [step["tool"] for step in task.get("reference", []) if "tool" in step]
+
+
+def tool_selection(trace: dict, expected: list[str]) -> dict:
+    """Did the first call name the plan's first tool, and did the trace call every tool the plan
+    calls (attempts count: a refused cancel still chose the right tool)."""
+    called = [(call.get("function") or {}).get("name") for call in tool_calls(trace)]
+    return {"first_call": bool(called) and called[0] == expected[0], "all_tools": set(expected) <= set(called)}
+
+
+def capability(task: dict) -> str:
+    return task.get("capability") or "general"
+
+
+def task_row(task_id: str, traces: list[dict], task: dict | None = None) -> dict:
+    task = task or {}
+    expected = expected_tools(task)
+    selection = [tool_selection(t, expected) for t in traces] if expected else []
     validity = [tool_call_validity(t) for t in traces]
     calls = sum(v["calls"] for v in validity)
     k = sum(passed(t) for t in traces)
     return {
         "task_id": task_id,
+        "capability": capability(task),
+        "expected_tools": expected,
+        "first_call_right": sum(s["first_call"] for s in selection) if expected else None,
+        "all_tools_called": sum(s["all_tools"] for s in selection) if expected else None,
         "samples": len(traces),
         "passed": k,
         "success_rate": k / len(traces) if traces else None,
@@ -155,12 +178,30 @@ def task_row(task_id: str, traces: list[dict]) -> dict:
     }
 
 
-def score_traces(traces: list[dict]) -> dict:
-    """The summary of one model's eval traces (everything but the held-out loss)."""
+def per_capability(tasks: list[dict]) -> dict:
+    """Tasks solved per capability (price, stock, site, …), capabilities in name order."""
+    groups: dict[str, list[dict]] = {}
+    for row in tasks:
+        groups.setdefault(row["capability"], []).append(row)
+    return {cap: rate(sum(r["solved"] for r in rows), len(rows)) for cap, rows in sorted(groups.items())}
+
+
+def selection_rates(tasks: list[dict]) -> dict:
+    """Tool selection over the samples of tasks with a reference plan."""
+    planned = [r for r in tasks if r["expected_tools"]]
+    n = sum(r["samples"] for r in planned)
+    return {"first_call": rate(sum(r["first_call_right"] for r in planned), n),
+            "all_tools": rate(sum(r["all_tools_called"] for r in planned), n)}
+
+
+def score_traces(traces: list[dict], tasks_by_id: dict[str, dict] | None = None) -> dict:
+    """The summary of one model's eval traces (everything but the held-out loss); with the task
+    specs, also tool selection against the reference plans and success per capability."""
     by_task: dict[str, list[dict]] = {}
     for trace in traces:
         by_task.setdefault(trace["task_id"], []).append(trace)
-    tasks = [task_row(task_id, ts) for task_id, ts in by_task.items()]
+    tasks_by_id = tasks_by_id or {}
+    tasks = [task_row(task_id, ts, tasks_by_id.get(task_id)) for task_id, ts in by_task.items()]
     validity = [tool_call_validity(t) for t in traces]
     calls = sum(v["calls"] for v in validity)
     problems = Counter()
@@ -175,6 +216,8 @@ def score_traces(traces: list[dict]) -> dict:
             "per_sample": rate(sum(passed(t) for t in traces), len(traces)),
             "per_task": rate(sum(row["solved"] for row in tasks), len(tasks)),
         },
+        "tool_selection": selection_rates(tasks),
+        "capabilities": per_capability(tasks),
         "tool_calls": {
             "calls": calls,
             "traces_with_calls": sum(v["calls"] > 0 for v in validity),
@@ -200,13 +243,30 @@ def eval_task_ids(taskfile) -> list[str]:
     return ids
 
 
-def run_eval_tasks(taskfile, endpoint, settings, samples: int) -> list[dict]:
-    """One agent trace per eval task and sample, run concurrently by the collector."""
+def run_eval_tasks(taskfile, endpoint, settings, samples: int, reorder: bool = False) -> tuple[list[dict], list[dict]]:
+    """One agent trace per eval task and sample, run concurrently by the collector; with
+    `reorder`, the same runs again with each tool list reversed, side by side."""
     from tracetune.collect import acollect
 
-    by_task = asyncio.run(acollect(taskfile, eval_task_ids(taskfile), endpoint, settings,
-                                   reference=False, samples=samples))
-    return [trace for traces in by_task.values() for trace in traces]
+    async def run() -> list[dict[str, list[dict]]]:
+        orders = (False, True) if reorder else (False,)
+        return await asyncio.gather(*(acollect(taskfile, eval_task_ids(taskfile), endpoint, settings, reference=False,
+                                               samples=samples, reverse_tools=r) for r in orders))
+
+    runs = [[trace for traces in by_task.values() for trace in traces] for by_task in asyncio.run(run())]
+    return runs[0], (runs[1] if reorder else [])
+
+
+def reorder_effect(given: dict, reordered: dict) -> dict:
+    """How much reversing the tool lists moved the verdicts: tasks solved either way, the
+    difference in points, and the tasks whose verdict flipped."""
+    solved = {r["task_id"]: r["solved"] for r in given["tasks"]}
+    solved_reordered = {r["task_id"]: r["solved"] for r in reordered["tasks"]}
+    flipped = sorted(t for t in solved if solved[t] != solved_reordered.get(t))
+    a, b = given["success"]["per_task"], reordered["success"]["per_task"]
+    delta = 100 * ((b["rate"] or 0) - (a["rate"] or 0))
+    return {"per_task": b, "first_call": reordered["tool_selection"]["first_call"],
+            "delta_points": round(delta, 1), "flipped": flipped}
 
 
 def check_failures(traces: list[dict], max_error_rate: float) -> None:
@@ -220,17 +280,20 @@ def check_failures(traces: list[dict], max_error_rate: float) -> None:
 
 def evaluate_to_files(taskfile, endpoint, settings, *, samples: int, max_error_rate: float,
                       model: str, loss_path: str | None, results_path: str, summary_path: str,
-                      system_prompt: bool = True) -> dict:
-    """The evaluate rule: traces to results.jsonl, scores (plus the held-out loss) to summary.json.
-    Both files are written only after everything succeeded. Without `system_prompt` the tasks are
-    put as training rows put them when curation drops the collection's guiding system prompt."""
+                      reordered_path: str, reorder: bool = False, system_prompt: bool = True) -> dict:
+    """The evaluate rule: traces to results.jsonl (and, with `reorder`, the reversed-tool-list
+    runs to reordered_path), scores plus the held-out loss to summary.json. Files are written only
+    after everything succeeded. Without `system_prompt` the tasks are put as training rows put
+    them when curation drops the collection's guiding system prompt."""
     if not system_prompt:
         taskfile = dataclasses.replace(taskfile, system_prompt=None)
-    traces = run_eval_tasks(taskfile, endpoint, settings, samples)
-    check_failures(traces, max_error_rate)
-    summary = {"model": model, "served_model": endpoint.model, "samples": samples} | score_traces(traces)
+    traces, reordered = run_eval_tasks(taskfile, endpoint, settings, samples, reorder)
+    check_failures(traces + reordered, max_error_rate)
+    summary = {"model": model, "served_model": endpoint.model, "samples": samples} | score_traces(traces, taskfile.tasks)
+    summary["reordered"] = reorder_effect(summary, score_traces(reordered, taskfile.tasks)) if reorder else None
     summary["heldout_loss"] = json.loads(Path(loss_path).read_text()) if loss_path else None
     write_jsonl(results_path, traces)
+    write_jsonl(reordered_path, reordered)
     write_json(summary_path, summary)
     return summary
 

@@ -184,9 +184,19 @@ def comparison_rows(models: list[str], summaries: dict) -> list[tuple[str, list[
         h = s.get("heldout_loss") or {}
         return num(h.get("loss"), "{:.3f}") + (f" ({h['tokens']} tokens)" if h.get("tokens") else "")
 
+    def reordered(s):
+        r = s.get("reordered")
+        if not r:
+            return "not run"
+        flipped = f"; flipped: {', '.join(r['flipped'])}" if r["flipped"] else ""
+        return f"{pct(r['per_task'])}, {r['delta_points']:+.0f} points{flipped}"
+
     return [
         ("tasks solved (≥ half the samples)", cells(lambda s: pct(s["success"]["per_task"]))),
         ("samples solved", cells(lambda s: pct(s["success"]["per_sample"]))),
+        ("first tool call names the plan's first tool", cells(lambda s: pct(s["tool_selection"]["first_call"]))),
+        ("every tool of the plan called", cells(lambda s: pct(s["tool_selection"]["all_tools"]))),
+        ("tasks solved with the tool lists reversed", cells(reordered)),
         ("tool calls", cells(lambda s: str(s["tool_calls"]["calls"]))),
         ("tool calls valid (JSON, known tool, schema)", cells(lambda s: pct(s["tool_calls"]["valid"]))),
         ("tool calls parsable", cells(lambda s: pct(s["tool_calls"]["parsable"]))),
@@ -196,6 +206,12 @@ def comparison_rows(models: list[str], summaries: dict) -> list[tuple[str, list[
         ("held-out loss (eval.parquet)", cells(loss)),
         ("errors", cells(lambda s: ", ".join(f"{k}: {v}" for k, v in s.get("errors", {}).items()) or "none")),
     ]
+
+
+def capability_table(models: list[str], summaries: dict) -> list[tuple[str, list[str]]]:
+    """(capability, tasks solved per model), over the capabilities any model was scored on."""
+    names = sorted({cap for m in models for cap in summaries[m]["capabilities"]})
+    return [(cap, [pct(summaries[m]["capabilities"].get(cap)) for m in models]) for cap in names]
 
 
 def task_table(models: list[str], summaries: dict) -> list[tuple[str, list[str]]]:
@@ -274,6 +290,7 @@ def context(data: dict, baseline: str, title: str) -> dict:
         "baseline": models[0],
         "verdicts": [verdict(models[0], m, summaries) for m in models[1:]],
         "comparison": comparison_rows(models, summaries),
+        "capabilities": capability_table(models, summaries),
         "tasks": task_table(models, summaries),
         "curation": counts(data["curation"]),
         "dataset": counts(data["dataset"]),
@@ -311,6 +328,9 @@ def render_markdown(ctx: dict, figure_files: dict[str, str]) -> str:
     lines += [f"**{md_escape(v['text'])}**" for v in ctx["verdicts"]] + [""]
     lines += ["| measure | " + " | ".join(map(md_escape, models)) + " |", "|---" * (len(models) + 1) + "|"]
     lines += [f"| {md_escape(name)} | " + " | ".join(map(md_escape, cells)) + " |" for name, cells in ctx["comparison"]]
+    lines += ["", "## Per capability (tasks solved)", "", "| capability | " + " | ".join(map(md_escape, models)) + " |",
+              "|---" * (len(models) + 1) + "|"]
+    lines += [f"| {md_escape(cap)} | " + " | ".join(map(md_escape, cells)) + " |" for cap, cells in ctx["capabilities"]]
     lines += ["", "## Figures", ""]
     lines += [f"![{name}]({file})" for name, file in figure_files.items()]
     lines += ["", "## Per task", "", "| task | " + " | ".join(map(md_escape, models)) + " |",
