@@ -136,6 +136,11 @@ def eval_endpoint_params(wildcards):
             "max_retries": config["endpoint"]["max_retries"]}
 
 
+def reorder_check(wildcards):
+    """The reversed-tool-list run checks tuned models; on the baseline it would only cost time."""
+    return config["evaluate"]["reorder_check"] and wildcards.model != config["report"]["baseline"]
+
+
 def eval_loss_input(wildcards):
     return "data/eval/{model}/loss.json" if config["evaluate"]["loss"]["enabled"] else []
 

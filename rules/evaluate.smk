@@ -36,7 +36,7 @@ rule evaluate:
         settings=eval_settings(),
         samples=config["evaluate"]["samples"],
         max_error_rate=config["evaluate"]["max_error_rate"],
-        reorder=config["evaluate"]["reorder_check"],
+        reorder=reorder_check,
         endpoint=eval_endpoint_params,
         system_prompt=config["curate"]["keep_system_prompt"],  # as the tuned model was trained
     conda:

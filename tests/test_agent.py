@@ -97,6 +97,18 @@ def test_malformed_call_is_answered_with_a_tool_error(arguments, reason):
     assert not run_check(TASK["check"], trace)[0]
 
 
+def test_tool_attempted_counts_a_refused_call_that_tool_called_does_not():
+    trace = {"messages": [
+        {"role": "user", "content": "Cancel ORD-1007."},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "cancel_order", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "name": "cancel_order", "content": "Error: already shipped"},
+        {"role": "assistant", "content": "It has shipped; return it instead."}], "tool_errors": ["c1"]}
+    assert run_check({"tool_attempted": "cancel_order", "contains": "return"}, trace) == (True, "ok")
+    assert not run_check({"tool_called": "cancel_order"}, trace)[0]
+    assert run_check({"tool_attempted": ["get_order"]}, trace) == (False, "tools not called: ['get_order']")
+
+
 def test_unknown_tool_is_recorded():
     trace, _, _ = run(tool_then_answer("delete_everything", {}, "done"))
     assert "unknown tool 'delete_everything'" in trace["invalid_calls"][0]["reason"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-CHECK_KINDS = ("contains", "regex", "tool_called", "all", "any")
+CHECK_KINDS = ("contains", "regex", "tool_called", "tool_attempted", "all", "any")
 
 
 def final_answer(trace: dict) -> str:
@@ -31,6 +31,13 @@ def successful_tool_names(trace: dict) -> set[str]:
     }
 
 
+def attempted_tool_names(trace: dict) -> set[str]:
+    """Names of every tool the trace called, whether or not the call succeeded (a refused
+    cancel still shows the right tool was chosen)."""
+    return {call["function"]["name"] for message in trace.get("messages", [])
+            for call in message.get("tool_calls") or []}
+
+
 def _as_list(value) -> list:
     return value if isinstance(value, list) else [value]
 
@@ -52,6 +59,10 @@ def run_check(check: dict, trace: dict) -> tuple[bool, str]:
             missing = [t for t in _as_list(spec) if t not in called]
             if missing:
                 failures.append(f"tools not called successfully: {missing}")
+        elif kind == "tool_attempted":
+            missing = [t for t in _as_list(spec) if t not in attempted_tool_names(trace)]
+            if missing:
+                failures.append(f"tools not called: {missing}")
         elif kind == "all":
             results = [run_check(sub, trace) for sub in spec]
             failures += [detail for ok, detail in results if not ok]
