@@ -1,4 +1,6 @@
 # collect: one job per task → data/traces/raw/{task}.jsonl (model samples + the replayed reference plan).
+# Params: the task's spec hash and only the settings its traces depend on (agent and endpoint
+# settings only for tasks with model samples); operational ones come from the config in the script.
 
 
 rule collect:
@@ -10,9 +12,10 @@ rule collect:
         "data/traces/raw/{task}.jsonl",
     params:
         spec=task_spec_hash,
-        tasks=config["tasks"],
-        collect=config["collect"],
-        endpoint=config["endpoint"],
+        samples=task_samples,
+        agent=collect_agent_settings,
+        truncate=collect_truncate,
+        endpoint=collect_endpoint_settings,
     conda:
         "../envs/tracetune.yaml"
     log:

@@ -2,7 +2,8 @@
 import sys
 from pathlib import Path
 
-from tracetune.config import cached_server_tools, check_reference_tools, load_config, load_tasks, task_hash
+from tracetune.config import (cached_server_tools, check_reference_tools, endpoint_path, kept_truncate, load_config,
+                              load_tasks, result_settings, task_hash)
 from tracetune.curate import edit_paths, read_reject_ids
 from tracetune.jsonio import InputError
 from tracetune.toolsets import ToolRendering, check_task_options
@@ -64,12 +65,41 @@ def uses_local_endpoint():
     return not config["endpoint"]["base_url"]
 
 
+# Params carry result settings only (tracetune.config.result_settings; the schemas mark the rest),
+# and of those only what can change the job's output: changing a setting reruns the jobs it affects.
+
+
+def task_samples(wildcards):
+    """Model samples collected for this task (besides its reference plan)."""
+    return TASKS[wildcards.task].get("samples", config["collect"]["samples"])
+
+
 def collect_endpoint(wildcards):
     """The locally served base model, only when this task has model samples to collect."""
-    task = TASKS[wildcards.task]
-    samples = task.get("samples", config["collect"]["samples"])
-    return served_model_dir("base") if samples and uses_local_endpoint() else []
+    return served_model_dir("base") if task_samples(wildcards) and uses_local_endpoint() else []
 
+
+def collect_endpoint_settings(wildcards):
+    """base_url and model of a configured endpoint, only for tasks with model samples to collect."""
+    path = endpoint_path(config)
+    return result_settings(config, *path) if path and task_samples(wildcards) else {}
+
+
+def agent_settings():
+    """What the model is asked with (temperature, seed, max_turns, max_tokens)."""
+    collect = result_settings(config, "collect")
+    return {k: v for k, v in collect.items() if k not in ("samples", "truncate")}
+
+
+def collect_agent_settings(wildcards):
+    """The agent settings, only for tasks with model samples (reference plans do not use them)."""
+    return agent_settings() if task_samples(wildcards) else {}
+
+
+def collect_truncate(wildcards):
+    """collect.truncate as this task's existing traces keep it: a new cut reruns the task only if
+    one of its tool results is longer than the old or the new cut."""
+    return kept_truncate([f"data/traces/raw/{wildcards.task}.jsonl"], config["collect"]["truncate"])
 
 
 
@@ -113,41 +143,36 @@ def tuned_models():
     return [m for m in eval_models() if m != config["report"]["baseline"]]
 
 
-def eval_endpoint_config(model):
-    """A configured endpoint for this model, else None (the workflow serves data/models/{model}).
-    The base model is evaluated where it was collected from when endpoint.base_url is set."""
-    if model in config["evaluate"]["endpoints"]:
-        return config["evaluate"]["endpoints"][model]
-    if model == "base" and config["endpoint"]["base_url"]:
-        return config["endpoint"]
-    return None
-
-
 def eval_endpoint(wildcards):
-    return [] if eval_endpoint_config(wildcards.model) else served_model_dir(wildcards.model)
+    """The served model, unless this model has a configured endpoint (tracetune.config.endpoint_path:
+    evaluate.endpoints.{model}; base is evaluated where it was collected from when endpoint.base_url is set)."""
+    return [] if endpoint_path(config, wildcards.model) else served_model_dir(wildcards.model)
 
 
-def eval_endpoint_params(wildcards):
-    """Endpoint settings for the script; served models get the shared timeouts only."""
-    configured = eval_endpoint_config(wildcards.model)
-    if configured:
-        return configured
-    return {"base_url": "", "model": "", "timeout_s": config["endpoint"]["timeout_s"],
-            "max_retries": config["endpoint"]["max_retries"]}
+def eval_endpoint_settings(wildcards):
+    """base_url and model of this model's configured endpoint; {} for a served model."""
+    path = endpoint_path(config, wildcards.model)
+    return result_settings(config, *path) if path else {}
 
 
 def reorder_check(wildcards):
     """The reversed-tool-list run checks tuned models; on the baseline it would only cost time."""
-    return config["evaluate"]["reorder_check"] and wildcards.model != config["report"]["baseline"]
+    return result_settings(config, "evaluate", "reorder_check") and wildcards.model != config["report"]["baseline"]
 
 
 def eval_loss_input(wildcards):
     return "data/eval/{model}/loss.json" if config["evaluate"]["loss"]["enabled"] else []
 
 
-def eval_settings():
+def eval_agent_settings():
     """The agent settings of collection, with the evaluation's own temperature."""
-    return config["collect"] | {"temperature": config["evaluate"]["temperature"]}
+    return agent_settings() | {"temperature": config["evaluate"]["temperature"]}
+
+
+def eval_truncate(wildcards):
+    """collect.truncate as this model's existing eval traces keep it (see collect_truncate)."""
+    paths = [f"data/eval/{wildcards.model}/{name}.jsonl" for name in ("results", "reordered")]
+    return kept_truncate(paths, config["collect"]["truncate"])
 
 
 def eval_spec():

@@ -17,7 +17,7 @@ rule curate:
         check=task_check,
         rejected=task_rejects,
         system_prompt=TASKFILE.system_prompt,
-        curate=config["curate"],
+        curate=result_settings(config, "curate"),
     conda:
         "../envs/tracetune.yaml"
     log:

@@ -14,8 +14,8 @@ rule build_dataset:
         report="data/reports/dataset.json",
     params:
         splits=task_splits(),
-        dataset=config["dataset"],
-        base_model=config["base_model"],
+        dataset=result_settings(config, "dataset"),
+        base_model=result_settings(config, "base_model"),
     conda:
         "../envs/tracetune.yaml"
     log:
@@ -33,8 +33,8 @@ rule push_dataset:
     output:
         "data/reports/pushed_dataset.txt",
     params:
-        repo=config["hub"]["dataset_repo"],
-        private=config["hub"]["private"],
+        repo=result_settings(config, "hub", "dataset_repo"),
+        private=result_settings(config, "hub", "private"),
     conda:
         "../envs/tracetune.yaml"
     log:

@@ -12,7 +12,7 @@ rule eval_loss:
     output:
         "data/eval/{model}/loss.json",
     params:
-        loss=config["evaluate"]["loss"],
+        loss=result_settings(config, "evaluate", "loss"),
     conda:
         "../envs/tracetune.yaml"
     log:
@@ -32,13 +32,12 @@ rule evaluate:
         reordered="data/eval/{model}/reordered.jsonl",
     params:
         spec=eval_spec(),
-        tasks=config["tasks"],
-        settings=eval_settings(),
-        samples=config["evaluate"]["samples"],
-        max_error_rate=config["evaluate"]["max_error_rate"],
+        settings=eval_agent_settings(),
+        truncate=eval_truncate,
+        samples=result_settings(config, "evaluate", "samples"),
         reorder=reorder_check,
-        endpoint=eval_endpoint_params,
-        system_prompt=config["curate"]["keep_system_prompt"],  # as the tuned model was trained
+        endpoint=eval_endpoint_settings,
+        system_prompt=result_settings(config, "curate", "keep_system_prompt"),  # as the tuned model was trained
     conda:
         "../envs/tracetune.yaml"
     log:
@@ -64,7 +63,7 @@ rule report:
         ),
         tool_validity=report("data/reports/tool_validity.png", caption="../report/tool_validity.rst", category="Figures"),
     params:
-        report=config["report"],
+        report=result_settings(config, "report"),
     conda:
         "../envs/tracetune.yaml"
     log:

@@ -16,7 +16,7 @@ rule prepare_base_model:
     output:
         directory("data/models/base"),
     params:
-        base_model=config["base_model"],
+        base_model=result_settings(config, "base_model"),
     conda:
         "../envs/tracetune.yaml"
     log:

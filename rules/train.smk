@@ -11,7 +11,7 @@ rule train:
     output:
         directory("data/adapters/{run}"),
     params:
-        train=config["train"],
+        train=result_settings(config, "train"),
         checkpoints="data/checkpoints/{run}",
     wildcard_constraints:
         run=r"(?!base$)[A-Za-z0-9._-]+",
@@ -37,7 +37,7 @@ rule merge:
     output:
         directory("data/models/{run}"),
     params:
-        merge=config["merge"],
+        merge=result_settings(config, "merge"),
     wildcard_constraints:
         run=r"(?!base$)[A-Za-z0-9._-]+",
     resources:
@@ -57,8 +57,8 @@ rule push_model:
     output:
         "data/reports/pushed_model.txt",
     params:
-        repo=config["hub"]["model_repo"],
-        private=config["hub"]["private"],
+        repo=result_settings(config, "hub", "model_repo"),
+        private=result_settings(config, "hub", "private"),
     conda:
         "../envs/tracetune.yaml"
     log:

@@ -2,22 +2,16 @@
 
 import asyncio
 import json
-from dataclasses import dataclass
 
 import pytest
 
 from fakes import FakeEndpoint, tool_then_answer
 from tracetune.agent import Endpoint, Settings, replay_reference, run_agent
 from tracetune.checks import run_check
+from tracetune.mcp_client import ToolResult as Result
 
 PRICE_TOOL = {"type": "function", "function": {"name": "get_price", "description": "price", "parameters": {
     "type": "object", "properties": {"item": {"type": "string"}}, "required": ["item"], "additionalProperties": False}}}
-
-
-@dataclass
-class Result:
-    content: str
-    is_error: bool = False
 
 
 class PriceBox:
@@ -157,4 +151,5 @@ def test_reference_replay_uses_real_tool_outputs():
         "system", "user", "assistant", "tool", "assistant", "user", "assistant", "tool", "assistant"]
     assert trace["messages"][2]["reasoning_content"] == "look it up"
     assert trace["messages"][3]["content"] == "12.50"
+    assert trace["longest_tool_result"] == len("no such item")
     assert trace["tool_errors"] == [trace["messages"][6]["tool_calls"][0]["id"]]

@@ -1,11 +1,15 @@
 """tasks.yaml and config.yaml validation: each bad input is one line naming file, task and field."""
 
 import copy
+import json
+import re
+from pathlib import Path
 
 import pytest
 import yaml
 
-from tracetune.config import check_reference_tools, load_config, load_tasks
+from tracetune.config import (check_reference_tools, kept_truncate, load_config, load_tasks, result_settings,
+                              setting_kinds, untracked_settings)
 from tracetune.jsonio import InputError
 
 GOOD = {
@@ -128,3 +132,65 @@ def test_config_defaults_and_errors():
         load_config({"tasks": "t", "base_model": "m", "collect": {"concurrency": 0}}, "cfg.yaml")
     with pytest.raises(InputError, match="collect: Additional properties"):
         load_config({"tasks": "t", "base_model": "m", "collect": {"concurency": 3}}, "cfg.yaml")
+
+
+# --- result, operational and target settings ---------------------------------------------------
+
+def test_settings_split_into_params_and_the_rest():
+    config = load_config({"tasks": "tasks.yaml", "base_model": "m",
+                          "evaluate": {"endpoints": {"lora": {"base_url": "http://gpu:8000/v1"}}}})
+    assert result_settings(config, "collect") == {
+        "max_tokens": 512, "max_turns": 8, "samples": 0, "seed": 0, "temperature": 0.7, "truncate": 4000}
+    assert untracked_settings(config, "collect") == {"concurrency": 8, "tool_timeout_s": 30}
+    assert result_settings(config, "evaluate", "endpoints") == {"lora": {"base_url": "http://gpu:8000/v1", "model": ""}}
+    assert untracked_settings(config, "evaluate", "endpoints", "lora") == {
+        "api_key_env": "", "max_retries": 4, "timeout_s": 120}
+    assert untracked_settings(config, "tasks") == "tasks.yaml"
+    assert untracked_settings(config, "curate") == {}
+    assert "save_steps" not in result_settings(config, "train") and "run" not in result_settings(config, "train")
+    with pytest.raises(ValueError, match="collect.truncate: a result setting"):
+        untracked_settings(config, "collect", "truncate")
+    with pytest.raises(ValueError, match="evaluate.max_error_rate: an operational setting, never a param"):
+        result_settings(config, "evaluate", "max_error_rate")
+    # The order of keys in config.yaml is no change.
+    shuffled = dict(reversed(list(config["collect"].items())))
+    assert repr(result_settings({"collect": shuffled}, "collect")) == repr(result_settings(config, "collect"))
+
+
+def test_readme_lists_every_operational_setting():
+    """README's table of what reruns what names exactly the settings the schemas mark operational."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section_text = readme.split("## Which settings rerun what", 1)[1].split("\n## ", 1)[0]
+    table = [line for line in section_text.splitlines() if line.startswith("|")]
+    listed = set()
+    for row in table[2:]:
+        section, _, operational = [cell.strip() for cell in row.strip("|").split("|")]
+        prefix = section.strip("`") + "." if section.startswith("`") else ""
+        listed |= {prefix + name for name in re.findall(r"`([^`]+)`", operational)}
+    kinds = setting_kinds()
+    assert listed == {path for path, kind in kinds.items() if kind == "operational"}
+    assert {path for path, kind in kinds.items() if kind == "target"} == {"tasks", "evaluate.models", "train.run"}
+
+
+def write_traces(path, traces):
+    path.write_text("".join(json.dumps(t) + "\n" for t in traces))
+
+
+def test_kept_truncate_changes_only_when_the_output_would(tmp_path):
+    raw = tmp_path / "raw.jsonl"
+    assert kept_truncate([raw], 4000) == 4000  # not collected yet: the configured cut
+    write_traces(raw, [{"truncate": 4000, "longest_tool_result": 700}, {"truncate": 4000, "longest_tool_result": 90}])
+    assert kept_truncate([raw], 4000) == 4000
+    assert kept_truncate([raw], 1000) == 4000  # no result reaches either cut: the same output
+    assert kept_truncate([raw], 700) == 4000
+    assert kept_truncate([raw], 699) == 699  # one result is cut now
+    write_traces(raw, [{"truncate": 500, "longest_tool_result": 700}])
+    assert kept_truncate([raw], 500) == 500 and kept_truncate([raw], 800) == 800
+    write_traces(raw, [{"truncate": 500, "longest_tool_result": 300}])
+    assert kept_truncate([raw], 800) == 500
+    write_traces(raw, [{"longest_tool_result": 300}])  # recorded before traces kept their cut
+    assert kept_truncate([raw], 800) == 800
+    other = tmp_path / "other.jsonl"
+    write_traces(other, [{"truncate": 600, "longest_tool_result": 10}])
+    write_traces(raw, [{"truncate": 500, "longest_tool_result": 10}])
+    assert kept_truncate([raw, other], 800) == 800  # two cuts

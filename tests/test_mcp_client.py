@@ -150,6 +150,7 @@ def test_result_conversion():
     assert convert_result(_result([types.TextContent(text="boom")], is_error=True), 100).is_error
     cut = convert_result(_result([types.TextContent(text="a" * 50)]), truncate=20)
     assert cut.content == "a" * 20 + "\n…[truncated 30 characters]"
+    assert cut.length == 50 and convert_result(_result([types.TextContent(text="abc")]), 20).length == 3
     assert convert_result(_result([], structured={"n": 1}), 100).content == '{"n": 1}'
 
 

@@ -154,3 +154,110 @@ def test_whole_chain_on_a_tiny_model_ends_with_the_report(tmp_path, bundled_mode
     assert (data / "reports" / "report.md").is_file()
     assert served_processes() == []
     assert planned_jobs(wf) == []  # a rerun with nothing changed runs nothing
+
+
+# --- which settings rerun what --------------------------------------------------------------
+# A finished workflow of four tasks: a plain one, one with a model sample (from a scripted
+# endpoint), a site task whose page is 409 characters long, and an eval task. Collection, curation
+# and the dataset are real; train, merge and evaluation are stand-ins that only write their outputs
+# (the evaluation's traces with their cut, as run_one records it), so that the whole `all` target is
+# finished in seconds and dry runs show exactly which jobs a setting reruns.
+
+STAND_IN = '''
+import json
+from pathlib import Path
+
+for path in map(Path, snakemake.output):
+    if snakemake.rule in ("train", "merge"):
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "stand-in").write_text("")
+    elif path.suffix == ".jsonl":
+        path.write_text(json.dumps({"truncate": snakemake.params.truncate, "longest_tool_result": 0}) + "\\n")
+    else:
+        path.write_text("{}")
+'''
+SITE_TASK = "site-sunday-open"  # the first variant of site-{slug}: its page is 409 characters long
+RERUN_TASKS = ["price-kettle", "stock-teapot", SITE_TASK, "eval-price-chefs-knife"]
+AFTER_DATASET = {"build_dataset", "train:run=lora", "merge:run=lora", "eval_loss:model=base", "eval_loss:model=lora",
+                 "evaluate:model=base", "evaluate:model=lora", "report", "all"}
+AFTER_CURATE = {"curation_report"} | AFTER_DATASET
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, bundled_model):
+    from fakes import FakeEndpoint
+    from train_fixtures import tiny_model
+
+    tmp = tmp_path_factory.mktemp("rerun")
+    base = tiny_model(tmp / "tiny-base", bundled_model)
+    tasks = [copy.deepcopy(DEMO_TASKS[t]) for t in ("price-kettle", "stock-teapot", "site-{slug}",
+                                                     "eval-price-chefs-knife")]
+    tasks[1]["samples"] = 1
+    tasks[2]["vary"] = tasks[2]["vary"][:1]
+    with FakeEndpoint(lambda messages: {"role": "assistant", "content": "There are 7 teapots."}) as fake:
+        wf = make_workflow(tmp, [], {"base_model": str(base), "endpoint": {"base_url": fake.base_url, "model": "fake"}})
+        write_tasks(wf, tasks)
+        for rule in ("train", "merge", "eval_loss", "evaluate", "report"):
+            (wf / "rules" / "scripts" / f"{rule}.py").write_text(STAND_IN)
+        snakemake(wf)
+    raw = [yaml.safe_load(line) for line in (wf / f"data/traces/raw/{SITE_TASK}.jsonl").read_text().splitlines()]
+    assert [(t["truncate"], t["longest_tool_result"]) for t in raw] == [(4000, 409)]
+    assert planned_jobs(wf) == []  # a finished run plans nothing
+    return wf
+
+
+def planned_after(wf: Path, changes: dict) -> set[str]:
+    """The jobs a dry run of `all` plans with config.yaml changed (dotted keys); the file is restored."""
+    path = wf / "config.yaml"
+    original = path.read_text()
+    settings = yaml.safe_load(original)
+    for dotted, value in changes.items():
+        *sections, key = dotted.split(".")
+        node = settings
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[key] = value
+    path.write_text(yaml.safe_dump(settings))
+    try:
+        return set(planned_jobs(wf))
+    finally:
+        path.write_text(original)
+
+
+OPERATIONAL = {"endpoint.api_key_env": "SHOP_KEY", "endpoint.timeout_s": 300, "endpoint.max_retries": 1,
+               "collect.concurrency": 4, "collect.tool_timeout_s": 60, "train.save_steps": 25,
+               "train.save_total_limit": 5, "train.gradient_checkpointing": True, "evaluate.max_error_rate": 0.4}
+
+
+def test_the_rerun_matrix_covers_every_operational_setting():
+    from tracetune.config import setting_kinds
+
+    marked = {path for path, kind in setting_kinds().items() if kind == "operational"}
+    assert set(OPERATIONAL) == {path for path in marked if "*" not in path}  # evaluate.endpoints.* share code
+
+
+@pytest.mark.parametrize("key", sorted(OPERATIONAL))
+def test_operational_setting_reruns_nothing(finished, key):
+    assert planned_after(finished, {key: OPERATIONAL[key]}) == set()
+
+
+def test_target_settings_rerun_nothing_already_built(finished):
+    shutil.copy(finished / "tasks.yaml", finished / "tasks-copy.yaml")
+    assert planned_after(finished, {"tasks": "tasks-copy.yaml"}) == set()
+    assert planned_after(finished, {"train.run": "another"}) == set()  # only push_model pushes it
+
+
+@pytest.mark.parametrize("changes, planned", [
+    # Agent settings reach the task with a model sample and the evaluation, not the reference plans.
+    ({"collect.max_tokens": 256}, {"collect:task=stock-teapot", "curate:task=stock-teapot"} | AFTER_CURATE),
+    ({"collect.truncate": 1000}, set()),  # no tool result is longer than 1000 characters
+    ({"collect.truncate": 300}, {f"collect:task={SITE_TASK}", f"curate:task={SITE_TASK}"} | AFTER_CURATE),
+    ({"curate.keep_system_prompt": True}, {f"curate:task={t}" for t in RERUN_TASKS} | AFTER_CURATE),
+    ({"dataset.max_seq_len": 1024}, AFTER_DATASET),
+    ({"train.lora_r": 8}, {"train:run=lora", "merge:run=lora", "eval_loss:model=lora", "evaluate:model=lora",
+                           "report", "all"}),
+    ({"evaluate.temperature": 0.5}, {"evaluate:model=base", "evaluate:model=lora", "report", "all"}),
+    ({"report.title": "Shop agent"}, {"report", "all"}),
+], ids=lambda value: ",".join(value) if isinstance(value, dict) else None)
+def test_result_setting_reruns_exactly_what_it_changes(finished, changes, planned):
+    assert planned_after(finished, changes) == planned

@@ -2,15 +2,17 @@ from tracetune.logs import log_to
 
 log_to(snakemake.log[0])
 
-from tracetune.collect import collect_to_file
-from tracetune.config import load_tasks
 from tracetune.agent import Settings, resolve_endpoint
+from tracetune.collect import collect_to_file
+from tracetune.config import load_tasks, untracked_settings
 
+# Params hold the result settings; the operational ones (concurrency, timeouts) come from the config.
+params, config = snakemake.params, snakemake.config
 collect_to_file(
-    load_tasks(snakemake.params.tasks),
+    load_tasks(untracked_settings(config, "tasks")),
     snakemake.wildcards.task,
     snakemake.output[0],
-    resolve_endpoint(snakemake.params.endpoint, snakemake.input.endpoint),
-    Settings.from_config(snakemake.params.collect),
-    default_samples=snakemake.params.collect["samples"],
+    resolve_endpoint(params.endpoint | untracked_settings(config, "endpoint"), snakemake.input.endpoint),
+    Settings.from_config(params.agent | {"truncate": params.truncate} | untracked_settings(config, "collect")),
+    default_samples=params.samples,
 )

@@ -3,20 +3,23 @@ from tracetune.logs import log_to
 log_to(snakemake.log[0])
 
 from tracetune.agent import Settings, resolve_endpoint
-from tracetune.config import load_tasks
+from tracetune.config import endpoint_path, load_tasks, untracked_settings
 from tracetune.evaluate import evaluate_to_files
 
+# Params hold the result settings; the operational ones (timeouts, max_error_rate) come from the config.
+params, config, model = snakemake.params, snakemake.config, snakemake.wildcards.model
+endpoint = params.endpoint | untracked_settings(config, *(endpoint_path(config, model) or ("endpoint",)))
 evaluate_to_files(
-    load_tasks(snakemake.params.tasks),
-    resolve_endpoint(snakemake.params.endpoint, snakemake.input.endpoint),
-    Settings.from_config(snakemake.params.settings),
-    samples=snakemake.params.samples,
-    max_error_rate=snakemake.params.max_error_rate,
-    model=snakemake.wildcards.model,
+    load_tasks(untracked_settings(config, "tasks")),
+    resolve_endpoint(endpoint, snakemake.input.endpoint),
+    Settings.from_config(params.settings | {"truncate": params.truncate} | untracked_settings(config, "collect")),
+    samples=params.samples,
+    max_error_rate=untracked_settings(config, "evaluate", "max_error_rate"),
+    model=model,
     loss_path=snakemake.input.loss or None,
     results_path=snakemake.output.results,
     summary_path=snakemake.output.summary,
     reordered_path=snakemake.output.reordered,
-    reorder=snakemake.params.reorder,
-    system_prompt=snakemake.params.system_prompt,
+    reorder=params.reorder,
+    system_prompt=params.system_prompt,
 )

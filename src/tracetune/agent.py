@@ -45,7 +45,8 @@ class Settings:
 
 
 class Recorder:
-    """Builds one trace: messages, tool errors, invalid calls, usage and timings."""
+    """Builds one trace: messages, tool errors, invalid calls, usage, timings and the length of
+    the longest tool result before any cut (so a changed `truncate` reruns only what it changes)."""
 
     def __init__(self, messages: list[dict]):
         self.messages = messages
@@ -53,6 +54,7 @@ class Recorder:
         self.invalid_calls: list[dict] = []
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
         self.tools_s = 0.0
+        self.longest_tool_result = 0
         self.started = time.perf_counter()
 
     def add_usage(self, usage) -> None:
@@ -87,6 +89,7 @@ class Recorder:
             self.tools_s += time.perf_counter() - start
             if result.is_error:
                 self.tool_errors.append(call["id"])
+            self.longest_tool_result = max(self.longest_tool_result, result.length)
             content = result.content
         self.messages.append({"role": "tool", "tool_call_id": call["id"], "name": name, "content": content})
 
@@ -98,6 +101,7 @@ class Recorder:
             "invalid_calls": self.invalid_calls,
             "outcome": {"status": status, "error": error, "turns": turns},
             "usage": self.usage,
+            "longest_tool_result": self.longest_tool_result,
             "timings": {"total_s": round(time.perf_counter() - self.started, 4), "tools_s": round(self.tools_s, 4)},
         }
 

@@ -43,6 +43,7 @@ async def run_one(task: dict, taskfile: TaskFile, endpoint: Endpoint | None, set
         "endpoint": None if sample is None else public_url(endpoint.base_url),
         "spec_hash": task_hash(task, taskfile.servers, taskfile.system_prompt),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "truncate": settings.truncate,  # the cut of tool results (longest_tool_result: before it)
         "tools": [],
     }
     try:
@@ -60,7 +61,8 @@ async def run_one(task: dict, taskfile: TaskFile, endpoint: Endpoint | None, set
         log.exception("trace %s failed", header["trace_id"])
         body = {"messages": [], "tool_errors": [], "invalid_calls": [],
                 "outcome": {"status": "error", "error": f"{type(e).__name__}: {e}"[:500], "turns": 0},
-                "usage": {"prompt_tokens": 0, "completion_tokens": 0}, "timings": {"total_s": 0.0, "tools_s": 0.0}}
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0}, "longest_tool_result": 0,
+                "timings": {"total_s": 0.0, "tools_s": 0.0}}
     trace = header | body
     passed, detail = run_check(task["check"], trace) if body["outcome"]["status"] != "error" else (False, "error")
     trace["check"] = {"passed": passed, "detail": detail}

@@ -43,7 +43,7 @@ import shutil
 import sys
 import threading
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,13 @@ class ServerStartError(RuntimeError):
 @dataclass(frozen=True)
 class ToolResult:
     content: str
-    is_error: bool
+    is_error: bool = False
+    full_length: int | None = field(default=None, compare=False)  # characters before the cut at `truncate`
+
+    @property
+    def length(self) -> int:
+        """The result's length as the server sent it, before any cut."""
+        return len(self.content) if self.full_length is None else self.full_length
 
 
 @dataclass(frozen=True)
@@ -204,7 +210,8 @@ def convert_result(result: types.CallToolResult, truncate: int | None) -> ToolRe
     parts = [_part_text(part) for part in result.content]
     if not parts and result.structured_content is not None:
         parts = [json.dumps(result.structured_content, ensure_ascii=False)]
-    return ToolResult(truncate_text("\n".join(parts), truncate), bool(result.is_error))
+    text = "\n".join(parts)
+    return ToolResult(truncate_text(text, truncate), bool(result.is_error), len(text))
 
 
 # --- one server connection --------------------------------------------------------------------

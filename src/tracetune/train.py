@@ -24,6 +24,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from tracetune.config import split_settings
 from tracetune.jsonio import InputError, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -211,11 +212,11 @@ def build_sequences(rows: list[dict], tokenizer, max_seq_len: int, merge_traces:
 # --- the run ---------------------------------------------------------------------------------------
 
 def fingerprint(examples: list[dict], settings: dict, base_model: str | os.PathLike) -> str:
-    """Changes with the data, the settings that shape training, or the base model: a checkpoint
-    made under another fingerprint is never resumed."""
+    """Changes with the data, the settings that shape training (its result settings), or the base
+    model: a checkpoint made under another fingerprint is never resumed."""
+    result, _ = split_settings(settings, "train")
     digest = hashlib.sha256()
-    digest.update(json.dumps({k: v for k, v in settings.items() if k not in ("save_steps", "save_total_limit", "run")},
-                             sort_keys=True).encode())
+    digest.update(json.dumps(result, sort_keys=True).encode())
     digest.update(str(Path(base_model).resolve()).encode())
     for example in examples:
         digest.update(json.dumps([example["input_ids"], example["labels"]]).encode())
