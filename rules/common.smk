@@ -5,7 +5,9 @@ from pathlib import Path
 from tracetune.config import (cached_server_tools, check_reference_tools, endpoint_path, kept_truncate, load_config,
                               load_tasks, result_settings, task_hash)
 from tracetune.curate import edit_paths, read_reject_ids
+from tracetune.evaluate import eval_task_ids
 from tracetune.jsonio import InputError
+from tracetune.models import check_base_model
 from tracetune.toolsets import ToolRendering, check_task_options
 
 
@@ -17,6 +19,9 @@ def _validated_inputs():
         server_tools = cached_server_tools(taskfile, ".snakemake/tracetune")
         check_reference_tools(taskfile, server_tools)
         check_task_options(ToolRendering.from_config(config["dataset"]), taskfile, server_tools, "config.yaml")
+        check_base_model(config["base_model"])
+        if config["evaluate"]["models"]:
+            eval_task_ids(taskfile)
     except InputError as e:
         sys.exit(f"tracetune: {e}")
     return taskfile

@@ -40,6 +40,12 @@ class Page(HTMLParser):
         self.text.append(data)
 
 
+TASKS = {"price-blue": {"capability": "price", "reference": [{"tool": "get_price"}, {"answer": "x"}]},
+         "search-docs": {"capability": "site", "reference": [{"tool": "search"}, {"answer": "x"}]}}
+REORDERED = {"per_task": {"k": 1, "n": 2, "rate": 0.5, "ci95": [0.09, 0.91]}, "delta_points": -50.0,
+             "flipped": ["search-docs"], "first_call": {"k": 2, "n": 2, "rate": 1.0, "ci95": [0.34, 1.0]}}
+
+
 def make_inputs(tmp_path, lora_traces=None):
     paths = {"summaries": [], "results": []}
     for model in ("base", "lora"):
@@ -50,7 +56,8 @@ def make_inputs(tmp_path, lora_traces=None):
         d.mkdir(parents=True)
         with open(d / "results.jsonl", "w") as f:
             f.writelines(json.dumps(t) + "\n" for t in traces)
-        summary = {"model": model, "samples": 2} | score_traces(traces)
+        summary = {"model": model, "samples": 2} | score_traces(traces, TASKS)
+        summary["reordered"] = REORDERED if model == "lora" else None
         summary["heldout_loss"] = {"loss": 1.9 if model == "base" else 0.7, "rows": 8, "tokens": 400}
         (d / "summary.json").write_text(json.dumps(summary))
         paths["summaries"].append(str(d / "summary.json"))
@@ -152,3 +159,21 @@ def test_missing_baseline_is_one_line_error(tmp_path):
     with pytest.raises(InputError, match="baseline model 'qwen' has no summary"):
         build_report(**inputs, baseline="qwen")
     assert not Path(inputs["html_path"]).exists()
+
+
+def test_report_shows_tool_selection_capabilities_and_the_reordering_check(built):
+    text = " ".join(parse(built["html_path"]).text)
+    assert "first tool call names the plan's first tool" in text
+    assert "tasks solved with the tool lists reversed" in text and "-50 points; flipped: search-docs" in text
+    md = Path(built["md_path"]).read_text()
+    assert "## Per capability (tasks solved)" in md
+    base, lora = (json.loads(Path(p).read_text()) for p in built["summaries"])
+    for cap in ("price", "site"):
+        row = f"| {cap} | {_pct(base['capabilities'][cap])} | {_pct(lora['capabilities'][cap])} |"
+        assert row in md, md
+    assert "| tasks solved with the tool lists reversed | not run |" in md
+
+
+def _pct(r):
+    lo, hi = r["ci95"]
+    return f"{r['rate']:.0%} [{lo:.0%}, {hi:.0%}] ({r['k']}/{r['n']})"

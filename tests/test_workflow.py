@@ -36,7 +36,14 @@ def make_workflow(tmp_path: Path, task_ids: list[str], config: dict | None = Non
     return wf
 
 
-def write_tasks(wf: Path, tasks: list[dict]) -> None:
+HELD_OUT = "eval-order-status-1009"
+
+
+def write_tasks(wf: Path, tasks: list[dict], held_out: bool = True) -> None:
+    """The task file of a workflow copy; the workflow refuses to start without an eval task, so
+    one is added when `tasks` has none (unless `held_out` is False)."""
+    if held_out and not any(t.get("split") == "eval" for t in tasks):
+        tasks = tasks + [copy.deepcopy(DEMO_TASKS[HELD_OUT])]
     doc = {k: v for k, v in DEMO.items() if k != "tasks"} | {"tasks": tasks}
     (wf / "tasks.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
 
@@ -107,6 +114,29 @@ def test_reference_step_with_a_tool_the_server_lacks(tmp_path):
     proc = snakemake(wf, "-n", check=False)
     assert proc.returncode != 0
     assert "task 'price-kettle': reference[0].tool: 'teleport' is not a tool of server(s) shop" in proc.stderr
+
+
+@pytest.mark.parametrize("config, held_out, line", [
+    ({}, False, "tracetune: tasks.yaml: tasks: no task has split: eval; evaluation needs held-out tasks"),
+    ({"endpoint": {"base_url": "not a url"}}, True, "tracetune: config.yaml: endpoint.base_url: 'not a url' does not match"),
+    ({"evaluate": {"endpoints": {"lora": {"base_url": "gpu-node:8000"}}}}, True,
+     "tracetune: config.yaml: evaluate.endpoints.lora.base_url: 'gpu-node:8000' does not match"),
+    ({"base_model": "bundled:nope"}, True, "tracetune: config: base_model: unknown bundled model 'nope'"),
+    ({"base_model": "/nonexistent/model"}, True, "tracetune: config: base_model: /nonexistent/model does not exist"),
+    ({"dataset": {"distractor_tools": 9}}, True,
+     "tracetune: config.yaml: task 'price-kettle': dataset.distractor_tools: 9 asked for, but only 1 tool(s) of other servers exist"),
+    ({"dataset": {"shuffle_tools": False, "renderings": 2}}, True,
+     "tracetune: config.yaml: task 'price-kettle': dataset.renderings: 2 asked for, but its 7 tool(s)"),
+])
+def test_bad_input_stops_the_run_before_any_job_with_one_line(tmp_path, config, held_out, line):
+    wf = make_workflow(tmp_path, [], config)
+    tasks = [copy.deepcopy(DEMO_TASKS[t]) for t in TRAIN3] + [copy.deepcopy(DEMO_TASKS["site-home-{slug}"])]
+    write_tasks(wf, tasks, held_out=held_out)
+    proc = snakemake(wf, "-n", check=False)
+    assert proc.returncode != 0
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("tracetune:")]
+    assert len(errors) == 1 and errors[0].startswith(line), proc.stderr[-2000:]
+    assert not (wf / "data" / "traces").exists()
 
 
 @pytest.mark.slow

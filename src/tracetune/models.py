@@ -86,14 +86,23 @@ def _load_bundled(name: str):
     return model, tokenizer
 
 
-def _load_pretrained(base_model: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def check_base_model(base_model: str) -> None:
+    """Before anything runs: a bundled name is known and its package installed, and a local
+    path (anything that is not `org/name`) is a model directory. Hub ids are checked on load."""
+    if base_model.startswith(BUNDLED_PREFIX):
+        bundled_gguf(base_model[len(BUNDLED_PREFIX):])
+        return
     local = Path(base_model).expanduser()
-    looks_local = local.exists() or base_model.startswith((".", "/", "~")) or base_model.count("/") > 1
+    looks_local = local.exists() or base_model.startswith((".", "/", "~")) or base_model.count("/") != 1
     if looks_local and not (local / "config.json").is_file():
         why = "does not exist" if not local.exists() else "is not a model directory (no config.json)"
         raise InputError(f"config: base_model: {base_model} {why}")
+
+
+def _load_pretrained(base_model: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_base_model(base_model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(base_model)
         model = AutoModelForCausalLM.from_pretrained(base_model, dtype="auto")
