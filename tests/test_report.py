@@ -163,7 +163,7 @@ def test_missing_baseline_is_one_line_error(tmp_path):
 
 def test_report_shows_tool_selection_capabilities_and_the_reordering_check(built):
     text = " ".join(parse(built["html_path"]).text)
-    assert "first tool call names the plan's first tool" in text
+    assert "first tool call names the first tool of the plan" in text
     assert "tasks solved with the tool lists reversed" in text and "-50 points; flipped: search-docs" in text
     md = Path(built["md_path"]).read_text()
     assert "## Per capability (tasks solved)" in md

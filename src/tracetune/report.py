@@ -194,7 +194,7 @@ def comparison_rows(models: list[str], summaries: dict) -> list[tuple[str, list[
     return [
         ("tasks solved (≥ half the samples)", cells(lambda s: pct(s["success"]["per_task"]))),
         ("samples solved", cells(lambda s: pct(s["success"]["per_sample"]))),
-        ("first tool call names the plan's first tool", cells(lambda s: pct(s["tool_selection"]["first_call"]))),
+        ("first tool call names the first tool of the plan", cells(lambda s: pct(s["tool_selection"]["first_call"]))),
         ("every tool of the plan called", cells(lambda s: pct(s["tool_selection"]["all_tools"]))),
         ("tasks solved with the tool lists reversed", cells(reordered)),
         ("tool calls", cells(lambda s: str(s["tool_calls"]["calls"]))),
