@@ -279,7 +279,7 @@ def test_target_settings_rerun_nothing_already_built(finished):
 
 @pytest.mark.parametrize("changes, planned", [
     # Agent settings reach the task with a model sample and the evaluation, not the reference plans.
-    ({"collect.max_tokens": 256}, {"collect:task=stock-teapot", "curate:task=stock-teapot"} | AFTER_CURATE),
+    ({"collect.max_tokens": 128}, {"collect:task=stock-teapot", "curate:task=stock-teapot"} | AFTER_CURATE),
     ({"collect.truncate": 1000}, set()),  # no tool result is longer than 1000 characters
     ({"collect.truncate": 300}, {f"collect:task={SITE_TASK}", f"curate:task={SITE_TASK}"} | AFTER_CURATE),
     ({"curate.keep_system_prompt": True}, {f"curate:task={t}" for t in RERUN_TASKS} | AFTER_CURATE),
