@@ -4,7 +4,7 @@
 
 rule build_dataset:
     input:
-        code=src("dataset.py", "toolsets.py"),
+        code=src("dataset.py", "toolsets.py", "checks.py"),
         traces=curated_traces(),
         base_model="data/models/base",
     output:

@@ -60,7 +60,8 @@ def run_check(check: dict, trace: dict) -> tuple[bool, str]:
             if missing:
                 failures.append(f"tools not called successfully: {missing}")
         elif kind == "tool_attempted":
-            missing = [t for t in _as_list(spec) if t not in attempted_tool_names(trace)]
+            attempted = attempted_tool_names(trace)
+            missing = [t for t in _as_list(spec) if t not in attempted]
             if missing:
                 failures.append(f"tools not called: {missing}")
         elif kind == "all":

@@ -13,6 +13,7 @@ import math
 import random
 from dataclasses import dataclass
 
+from tracetune.checks import attempted_tool_names
 from tracetune.jsonio import InputError
 
 TOOL_LISTS = ("servers", "recorded")
@@ -34,11 +35,6 @@ class ToolRendering:
 
 def tool_name(tool: dict) -> str:
     return (tool.get("function") or tool)["name"]
-
-
-def called_tools(trace: dict) -> set[str]:
-    return {call["function"]["name"] for m in trace["messages"] if m.get("role") == "assistant"
-            for call in m.get("tool_calls") or []}
 
 
 def possible_lists(n_tools: int, n_others: int, opts: ToolRendering) -> int:
@@ -87,7 +83,7 @@ def tool_lists(trace: dict, opts: ToolRendering, pool: dict[str, dict], count: i
     where = f"trace {trace['trace_id']!r}"
     base = list(trace.get("server_tools") or trace["tools"]) if opts.tool_list == "servers" else list(trace["tools"])
     names = {tool_name(t) for t in base}
-    missing = called_tools(trace) - names
+    missing = attempted_tool_names(trace) - names
     if missing:
         raise InputError(f"{where}: tools: calls {sorted(missing)} that its tool list does not offer")
     others = [tool for name, tool in pool.items() if name not in names]
