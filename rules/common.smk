@@ -60,9 +60,12 @@ def task_server_sources(wildcards):
     return paths
 
 
-def served_model_dir(model):
-    """The input of a job that needs `model` served by the workflow itself: its directory (built
-    first; a rebuilt model reruns the job). The job then calls tracetune.serve.shared_endpoint."""
+def served_model(model):
+    """The input of a job that needs `model` served by the workflow itself: the file its engine
+    serves (built first; a rebuilt model reruns the job). The job then calls
+    tracetune.serve.shared_endpoint on it."""
+    if config["serve"]["engine"] == "llama.cpp":
+        return f"data/gguf/{model}.gguf"
     return f"data/models/{model}"
 
 
@@ -81,7 +84,7 @@ def task_samples(wildcards):
 
 def collect_endpoint(wildcards):
     """The locally served base model, only when this task has model samples to collect."""
-    return served_model_dir("base") if task_samples(wildcards) and uses_local_endpoint() else []
+    return served_model("base") if task_samples(wildcards) and uses_local_endpoint() else []
 
 
 def collect_endpoint_settings(wildcards):
@@ -151,7 +154,7 @@ def tuned_models():
 def eval_endpoint(wildcards):
     """The served model, unless this model has a configured endpoint (tracetune.config.endpoint_path:
     evaluate.endpoints.{model}; base is evaluated where it was collected from when endpoint.base_url is set)."""
-    return [] if endpoint_path(config, wildcards.model) else served_model_dir(wildcards.model)
+    return [] if endpoint_path(config, wildcards.model) else served_model(wildcards.model)
 
 
 def eval_endpoint_settings(wildcards):

@@ -1,10 +1,12 @@
-# The base model, prepared once into data/models/base/, and the run's own model servers.
+# The base model, prepared once into data/models/base/; GGUF copies of models for llama.cpp
+# (data/gguf/{model}.gguf); and the run's own model servers.
 #
-# A job that talks to a model the workflow serves itself declares `served_model_dir(model)`
-# (common.smk) as an input and calls tracetune.serve.shared_endpoint(that directory): the first
-# such job of the run starts `transformers serve` on a free loopback port, every other job reuses
-# it, and the handlers below stop every server when the run ends, also on failure or Ctrl-C. (Snakemake's service()
-# outputs are not used: their consumers all rerun whenever one of them has to.)
+# A job that talks to a model the workflow serves itself declares `served_model(model)`
+# (common.smk) as an input and calls tracetune.serve.shared_endpoint(that path): the first such
+# job of the run starts the server (llama.cpp for a GGUF, `transformers serve` for a directory)
+# on a free loopback port, every other job reuses it, and the handlers below stop every server
+# when the run ends, also on failure or Ctrl-C. (Snakemake's service() outputs are not used:
+# their consumers all rerun whenever one of them has to.)
 from tracetune.serve import claim_shared_servers, stop_shared_servers
 
 claim_shared_servers()
@@ -23,6 +25,22 @@ rule prepare_base_model:
         "logs/prepare_base_model.log",
     script:
         "scripts/prepare_base_model.py"
+
+
+rule gguf:
+    input:
+        code=src("serve.py"),
+        model="data/models/{model}",
+    output:
+        "data/gguf/{model}.gguf",
+    params:
+        gguf_type=result_settings(config, "serve", "gguf_type"),
+    conda:
+        "../envs/tracetune.yaml"
+    log:
+        "logs/gguf/{model}.log",
+    script:
+        "scripts/gguf.py"
 
 
 onsuccess:

@@ -27,3 +27,14 @@ def bundled_model(request, tmp_path_factory) -> Path:
     if not (out / "config.json").is_file():
         prepare_base_model("bundled:smollm2-135m", out)
     return out
+
+
+@pytest.fixture(scope="session")
+def bundled_gguf_model(bundled_model) -> Path:
+    """The prepared embedded model converted for llama.cpp (bf16 GGUF), next to its directory."""
+    from tracetune.serve import export_gguf
+
+    out = bundled_model.with_name(bundled_model.name + ".gguf")
+    if not out.is_file():
+        export_gguf(bundled_model, out)
+    return out

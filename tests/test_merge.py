@@ -1,5 +1,5 @@
 """Merge: 16-bit safetensors that transformers loads with the same outputs as base + adapter, and
-that `transformers serve` answers with a structured tool call."""
+that llama.cpp (after GGUF export) and `transformers serve` answer with a structured tool call."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from train_fixtures import make_trace, render_rows, tiny_model, write_dataset  #
 from tracetune.jsonio import InputError  # noqa: E402
 from tracetune.merge import merge  # noqa: E402
 from tracetune.train import train  # noqa: E402
-from tracetune.serve import served_model  # noqa: E402
+from tracetune.serve import export_gguf, served_model  # noqa: E402
 
 
 
@@ -60,7 +60,8 @@ def test_missing_adapter_is_one_line(tmp_path, bundled_model):
 
 
 @pytest.mark.slow
-def test_served_merged_model_returns_a_structured_tool_call(tmp_path, tokenizer, bundled_model):
+@pytest.mark.parametrize("engine", ["llama.cpp", "transformers"])
+def test_served_merged_model_returns_a_structured_tool_call(engine, tmp_path, tokenizer, bundled_model):
     """Overfit the bundled model on one tool-calling turn, merge, serve, ask the same question."""
     import polars as pl
     from openai import OpenAI
@@ -71,7 +72,8 @@ def test_served_merged_model_returns_a_structured_tool_call(tmp_path, tokenizer,
     train(tmp_path / "train.parquet", bundled_model, tmp_path / "adapter",
           {"max_steps": 12, "learning_rate": 2e-3, "save_steps": 100}, checkpoint_dir=tmp_path / "ckpt")
     out = merge(tmp_path / "adapter", bundled_model, tmp_path / "merged")
-    with served_model(out, log_path=tmp_path / "serve.log") as served:
+    served_path = export_gguf(out, tmp_path / "merged.gguf") if engine == "llama.cpp" else out
+    with served_model(served_path, log_path=tmp_path / "serve.log") as served:
         client = OpenAI(base_url=served.base_url, api_key="none", timeout=60, max_retries=0)
         reply = client.chat.completions.create(model=served.model, messages=trace["messages"][:1],
                                                tools=trace["tools"], temperature=0, max_tokens=40)

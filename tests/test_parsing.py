@@ -5,12 +5,13 @@ import json
 from tracetune.parsing import normalize_assistant, split_reasoning, split_tool_calls
 
 
-def test_structured_fields_kept():
+def test_structured_fields_kept_with_ids_of_our_own():
+    """A server's random call ids are replaced, so a repeated run stores the same trace."""
     raw = {"content": "ok", "reasoning_content": "think", "tool_calls": [
-        {"id": "x", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}]}
-    msg = normalize_assistant(raw, "c")
+        {"id": "chatcmpl-tool-8f3a", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}]}
+    msg = normalize_assistant(raw, "call_1_")
     assert msg == {"role": "assistant", "content": "ok", "reasoning_content": "think",
-                   "tool_calls": [{"id": "x", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}]}
+                   "tool_calls": [{"id": "call_1_0", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}]}
 
 
 def test_reasoning_field_named_reasoning():

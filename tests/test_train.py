@@ -181,7 +181,7 @@ def no_compute(monkeypatch):
     ("missing", "file not found"),
     ("empty", "train split: no rows"),
     ("short", "max_seq_len: 16 is smaller than every row"),
-    ("no_base", "base model: no such model directory"),
+    ("no_base", "base model: not a model directory"),
     ("bad_module", "target_modules: 'c_attn'"),
     ("bad_backend", "train.backend: 'jax'"),
 ])

@@ -187,17 +187,18 @@ async def replay_reference(toolbox, task: dict, system_prompt: str | None) -> di
     return rec.outcome("answered")
 
 
-def resolve_endpoint(endpoint_config: dict, served_model_dirs=()) -> Endpoint | None:
-    """The configured endpoint, or the run's shared server of the model the job declared as input."""
+def resolve_endpoint(endpoint_config: dict, served_models=()) -> Endpoint | None:
+    """The configured endpoint, or the run's shared server of the model the job declared as input
+    (a GGUF file or a model directory)."""
     if endpoint_config.get("base_url"):
         return Endpoint(endpoint_config["base_url"], endpoint_config.get("model") or "default",
                         endpoint_config.get("api_key_env", ""), endpoint_config.get("timeout_s", 120),
                         endpoint_config.get("max_retries", 4))
-    dirs = [served_model_dirs] if isinstance(served_model_dirs, str) else list(served_model_dirs)
-    if not dirs:
+    served = [served_models] if isinstance(served_models, str) else list(served_models)
+    if not served:
         return None
     from tracetune.serve import shared_endpoint
 
-    served = shared_endpoint(dirs[0])
+    served = shared_endpoint(served[0])
     return Endpoint(served.base_url, served.model, "", endpoint_config.get("timeout_s", 120),
                     endpoint_config.get("max_retries", 4))

@@ -69,7 +69,7 @@ def validate(instance, schema: dict, where: str, describe=_location) -> None:
 
 # --- config.yaml -------------------------------------------------------------------------------
 
-SECTIONS = ("endpoint", "collect", "curate", "dataset", "hub", "train", "merge", "evaluate", "report")
+SECTIONS = ("endpoint", "collect", "curate", "dataset", "hub", "train", "merge", "serve", "evaluate", "report")
 
 
 def load_config(config: dict, where: str = "config.yaml") -> dict:

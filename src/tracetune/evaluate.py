@@ -17,7 +17,7 @@ from pathlib import Path
 import jsonschema
 
 from tracetune.jsonio import InputError, write_json, write_jsonl
-from tracetune.models import bf16_native
+from tracetune.models import bf16_native, check_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -299,14 +299,6 @@ def evaluate_to_files(taskfile, endpoint, settings, *, samples: int, max_error_r
 
 
 # --- held-out loss -------------------------------------------------------------------------------
-
-def check_model_dir(model_dir: str | Path) -> None:
-    path = Path(model_dir)
-    if not (path / "config.json").is_file():
-        raise InputError(f"{path}: not a model directory (no config.json)")
-    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
-        raise InputError(f"{path}: not a model directory (no weights: *.safetensors or *.bin)")
-
 
 def loss_region(row: dict, where: str) -> tuple[str, str]:
     """(prompt text, target text) of one dataset row: the loss is taken on the target only."""

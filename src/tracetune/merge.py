@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 from tracetune.jsonio import InputError
+from tracetune.models import check_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def merge(adapter_dir: str | os.PathLike, base_model: str | os.PathLike, out_dir
     settings = settings_from(config)
     adapter_dir, base_model, out_dir = Path(adapter_dir), Path(base_model), Path(out_dir)
     check_dir(adapter_dir, "adapter_config.json", "adapter")
-    check_dir(base_model, "config.json", "base model")
+    check_model_dir(base_model, "base model")
 
     # Merge in float32 so the low-rank update is not rounded twice, then store 16-bit.
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)

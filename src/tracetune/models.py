@@ -60,6 +60,17 @@ def bundled_gguf(name: str) -> Path:
     return path
 
 
+def check_model_dir(path: str | os.PathLike, role: str = "model") -> Path:
+    """The one check of a Hugging Face model directory (config and weights), for every stage
+    that loads or serves one: an InputError naming the path and its role otherwise."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise InputError(f"{path}: {role}: not a model directory (no config.json)")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise InputError(f"{path}: {role}: not a model directory (no weights: *.safetensors or *.bin)")
+    return path
+
+
 def supports_tools(chat_template) -> bool:
     """Whether a chat template renders the `tools` list (a template ignoring it cannot call tools)."""
     if isinstance(chat_template, dict):  # several named templates
@@ -147,9 +158,7 @@ def load_tokenizer(model_dir: str | os.PathLike):
     InputError."""
     from transformers import AutoTokenizer
 
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file() or not (
-        (model_dir / "tokenizer_config.json").is_file() or (model_dir / "tokenizer.json").is_file()
-    ):
-        raise InputError(f"{model_dir}: not a model directory (config.json or tokenizer missing)")
+    model_dir = check_model_dir(model_dir)
+    if not (model_dir / "tokenizer_config.json").is_file() and not (model_dir / "tokenizer.json").is_file():
+        raise InputError(f"{model_dir}: model: not a model directory (no tokenizer)")
     return AutoTokenizer.from_pretrained(model_dir)

@@ -47,7 +47,7 @@ def normalize_assistant(raw: dict, call_id_prefix: str) -> dict:
     if not reasoning:
         reasoning, content = split_reasoning(content)
     calls = [
-        {"type": "function", "id": c.get("id"), "function": {
+        {"type": "function", "function": {
             "name": c["function"].get("name") or "",
             "arguments": c["function"].get("arguments") if isinstance(c["function"].get("arguments"), str)
             else json.dumps(c["function"].get("arguments") or {}, ensure_ascii=False)}}
@@ -59,7 +59,8 @@ def normalize_assistant(raw: dict, call_id_prefix: str) -> dict:
     if reasoning:
         message["reasoning_content"] = reasoning.strip()
     if calls:
-        for i, call in enumerate(calls):
-            call["id"] = call.get("id") or f"{call_id_prefix}{i}"
-        message["tool_calls"] = [{"id": c["id"], "type": "function", "function": c["function"]} for c in calls]
+        # Ids of our own, in order: servers draw random ones (transformers serve, llama.cpp), and a
+        # trace must be the same bytes when a run is repeated. They only pair calls with results.
+        message["tool_calls"] = [{"id": f"{call_id_prefix}{i}", "type": "function", "function": c["function"]}
+                                 for i, c in enumerate(calls)]
     return message

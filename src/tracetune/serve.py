@@ -1,10 +1,16 @@
-"""Serve a model directory with `transformers serve` on loopback, and make sure it stops.
+"""Serve a model on loopback with llama.cpp or `transformers serve`, and make sure it stops.
+
+What is served decides the engine: a GGUF file (data/gguf/{model}.gguf, made from the model
+directory by `export_gguf`) runs under llama.cpp's `llama-server`; a model directory runs under
+`transformers serve`. On a CPU llama.cpp is the fast one: it reuses the prompt prefix (system
+turn and tool list) across the turns of a conversation, and generates in C++ rather than in a
+Python loop (bench/serve_engines.py).
 
 Two ways in:
-- `served_model(model_dir)`: a context manager (tests, one-off use) that starts the server, waits
+- `served_model(path)`: a context manager (tests, one-off use) that starts the server, waits
   until the model answers, and kills the server's whole process group on exit, also on an
   exception or Ctrl-C.
-- `shared_endpoint(model_dir)`: what workflow jobs call. The first job that needs a model starts
+- `shared_endpoint(path)`: what workflow jobs call. The first job that needs a model starts
   one server for it (under a file lock); every later job of the run reuses it. The server runs
   under a small supervisor (`python -m tracetune.serve`) that stops it when the Snakemake run
   that owns it ends (its pid is in $TRACETUNE_OWNER) and `stop_shared_servers()` (the workflow's
@@ -19,6 +25,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -30,11 +37,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracetune.jsonio import InputError, write_json
+from tracetune.models import check_model_dir
 
 log = logging.getLogger(__name__)
 
 OWNER_ENV = "TRACETUNE_OWNER"  # "host:pid" of the Snakemake run that owns shared servers
 CPU_KV_CACHE_PAGES = 128  # of 256 tokens: 8 concurrent requests of 4k tokens (2 GiB in all for SmolLM2-135M)
+LLAMA_SLOTS = 8  # conversations in flight at once: the agent's concurrency
+LLAMA_SLOT_TOKENS = 4096  # context per conversation
 STATE_DIR = Path(".snakemake/tracetune/serve")  # where shared servers are recorded
 DEFAULT_TIMEOUT_S = 600.0  # a big model on a slow disk takes minutes to load
 
@@ -51,22 +61,79 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def check_model_dir(model_dir: str | os.PathLike) -> None:
-    if not (Path(model_dir) / "config.json").is_file():
-        raise InputError(f"{model_dir}: not a model directory (no config.json)")
+def is_gguf(path: str | os.PathLike) -> bool:
+    return str(path).endswith(".gguf")
 
 
-def start_server(model_dir: str, port: int, *, host: str = "127.0.0.1", device: str = "cpu",
-                 log_file=None) -> subprocess.Popen:
-    """`transformers serve` in a session of its own, so stopping it can kill every process it made."""
+def check_servable(path: str | os.PathLike) -> None:
+    """A GGUF file, or a model directory."""
+    if is_gguf(path):
+        if not Path(path).is_file():
+            raise InputError(f"{path}: no such GGUF file")
+    else:
+        check_model_dir(path)
+
+
+# --- llama.cpp: the server binary and the converter, installed by scripts/install-llama-cpp.sh ---
+
+def llama_cpp_file(relative: str) -> Path:
+    """A file of the llama.cpp install in this environment (bin/llama-server, share/llama.cpp/…)."""
+    path = Path(sys.prefix) / relative
+    if relative.startswith("bin/") and not path.exists() and shutil.which(path.name):
+        path = Path(shutil.which(path.name))
+    if not path.exists():
+        raise InputError(f"{path}: llama.cpp is not installed here (`make install` builds it; "
+                         "or set serve.engine: transformers)")
+    return path
+
+
+def export_gguf(model_dir: str | os.PathLike, out_path: str | os.PathLike, outtype: str = "bf16") -> Path:
+    """Convert a model directory (weights, tokenizer, chat template) to one GGUF file with
+    llama.cpp's own converter, atomically."""
     check_model_dir(model_dir)
-    cmd = [sys.executable, "-m", "transformers.cli.transformers", "serve", model_dir,
+    share = llama_cpp_file("share/llama.cpp")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    env = os.environ | {"PYTHONPATH": str(share / "gguf-py"),  # the gguf package the converter was written for
+                        "TQDM_DISABLE": "1"}
+    cmd = [sys.executable, str(share / "convert_hf_to_gguf.py"), str(model_dir), "--outfile", str(tmp),
+           "--outtype", outtype]
+    done = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    log.info("convert_hf_to_gguf.py:\n%s", done.stdout)
+    if done.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        last = (done.stdout.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"{model_dir}: GGUF conversion failed: {last}")
+    os.replace(tmp, out_path)
+    return out_path
+
+
+def server_command(path: str, port: int, host: str, device: str) -> tuple[list[str], dict | None]:
+    """The command (and environment) that serves `path` with the engine its kind calls for."""
+    threads = str(cpu_server_threads())
+    if is_gguf(path):
+        return [str(llama_cpp_file("bin/llama-server")), "--model", path, "--alias", path,
+                "--host", host, "--port", str(port), "--jinja",  # the model's own template, tools included
+                "--threads", threads, "--threads-batch", threads,
+                "--parallel", str(LLAMA_SLOTS), "--ctx-size", str(LLAMA_SLOTS * LLAMA_SLOT_TOKENS),
+                "--reasoning-format", "none",  # <think> stays in the content: tracetune.parsing splits it
+                "--no-webui"], None
+    cmd = [sys.executable, "-m", "transformers.cli.transformers", "serve", path,
            "--host", host, "--port", str(port), "--device", device, "--log-level", "warning",
            "--continuous-batching"]  # 5x the tokens/s of one request at a time for the agent's concurrent runs
-    env = None
-    if device == "cpu":  # else its KV cache takes 60 % of the RAM, per server
-        cmd += ["--cb-num-blocks", str(CPU_KV_CACHE_PAGES)]
-        env = os.environ | {"OMP_NUM_THREADS": str(cpu_server_threads())}
+    if device != "cpu":
+        return cmd, None
+    # else its KV cache takes 60 % of the RAM, per server
+    return cmd + ["--cb-num-blocks", str(CPU_KV_CACHE_PAGES)], os.environ | {"OMP_NUM_THREADS": threads}
+
+
+def start_server(path: str, port: int, *, host: str = "127.0.0.1", device: str = "cpu",
+                 log_file=None) -> subprocess.Popen:
+    """The server of `path` in a session of its own, so stopping it can kill every process it made."""
+    check_servable(path)
+    cmd, env = server_command(path, port, host, device)
     log.info("starting: %s", " ".join(cmd))
     return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file or subprocess.DEVNULL,
                             stderr=subprocess.STDOUT if log_file else subprocess.DEVNULL,
@@ -142,7 +209,7 @@ def wait_until_ready(served: ServedModel, proc: subprocess.Popen | None = None,
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"transformers serve exited with status {proc.returncode} "
+            raise RuntimeError(f"the server of {served.model} exited with status {proc.returncode} "
                                "before it was ready (see its log)")
         try:
             if _get(f"{root}/health") == 200 and model_answers(served.base_url, served.model):
@@ -153,28 +220,40 @@ def wait_until_ready(served: ServedModel, proc: subprocess.Popen | None = None,
     raise TimeoutError(f"{served.model} was not served at {served.base_url} within {timeout_s:.0f} s")
 
 
+def check_makes_tool_calls(served: ServedModel) -> None:
+    """llama.cpp reads tool calls out of the model's text with a parser it derives from the chat
+    template; a template it cannot derive one from would answer every call as plain text."""
+    with urllib.request.urlopen(served.base_url.removesuffix("/v1") + "/props", timeout=30) as response:
+        caps = json.load(response).get("chat_template_caps", {})
+    if not (caps.get("supports_tools") and caps.get("supports_tool_calls")):
+        raise InputError(f"{served.model}: llama.cpp finds no tool calls in this model's chat template "
+                         f"(chat_template_caps: {caps}); serve it with serve.engine: transformers")
+
+
 @contextlib.contextmanager
-def _serving(model_dir: str, device: str, host: str, timeout_s: float, log_path):
+def _serving(model_path: str, device: str, host: str, timeout_s: float, log_path):
     """(ServedModel, server process) while the block runs; the server's group is killed after."""
     port = free_port(host)
-    served = ServedModel(f"http://{host}:{port}/v1", model_dir)
+    served = ServedModel(f"http://{host}:{port}/v1", model_path)
     with contextlib.ExitStack() as stack:
         log_file = stack.enter_context(open(log_path, "ab")) if log_path else None
-        proc = start_server(model_dir, port, host=host, device=device, log_file=log_file)
+        proc = start_server(model_path, port, host=host, device=device, log_file=log_file)
         try:
             wait_until_ready(served, proc, timeout_s)
-            log.info("serving %s at %s", model_dir, served.base_url)
+            if is_gguf(model_path):
+                check_makes_tool_calls(served)
+            log.info("serving %s at %s", model_path, served.base_url)
             yield served, proc
         finally:
             stop_server(proc)
-            log.info("stopped the server of %s", model_dir)
+            log.info("stopped the server of %s", model_path)
 
 
 @contextlib.contextmanager
-def served_model(model_dir: str | os.PathLike, *, device: str = "cpu", host: str = "127.0.0.1",
+def served_model(model_path: str | os.PathLike, *, device: str = "cpu", host: str = "127.0.0.1",
                  timeout_s: float = DEFAULT_TIMEOUT_S, log_path: str | os.PathLike | None = None):
-    """Serve `model_dir` on a free loopback port for the duration of the block."""
-    with _serving(str(model_dir), device, host, timeout_s, log_path) as (served, _):
+    """Serve `model_path` (a GGUF file or a model directory) on a free loopback port for the duration of the block."""
+    with _serving(str(model_path), device, host, timeout_s, log_path) as (served, _):
         yield served
 
 
@@ -193,8 +272,8 @@ def claim_shared_servers() -> None:
     os.environ.setdefault(OWNER_ENV, f"{socket.gethostname()}:{os.getpid()}")
 
 
-def _state_file(model_dir: str, state_dir: Path) -> Path:
-    key = Path(model_dir).resolve().as_posix().strip("/").replace("/", "__")
+def _state_file(model_path: str, state_dir: Path) -> Path:
+    key = Path(model_path).resolve().as_posix().strip("/").replace("/", "__")
     return state_dir / socket.gethostname() / f"{key}.json"
 
 
@@ -217,13 +296,13 @@ def _healthy(state: dict) -> bool:
         return False
 
 
-def shared_endpoint(model_dir: str | os.PathLike, *, device: str = "detect",
+def shared_endpoint(model_path: str | os.PathLike, *, device: str = "detect",
                     timeout_s: float = DEFAULT_TIMEOUT_S, state_dir: str | os.PathLike = STATE_DIR) -> ServedModel:
-    """The run's server of `model_dir`, started by the first job that asks (the others wait on a
+    """The run's server of `model_path`, started by the first job that asks (the others wait on a
     lock, then reuse it)."""
-    model_dir = str(model_dir)
-    check_model_dir(model_dir)
-    state_file = _state_file(model_dir, Path(state_dir))
+    model_path = str(model_path)
+    check_servable(model_path)
+    state_file = _state_file(model_path, Path(state_dir))
     state_file.parent.mkdir(parents=True, exist_ok=True)
     with open(state_file.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -233,12 +312,12 @@ def shared_endpoint(model_dir: str | os.PathLike, *, device: str = "detect",
         if state:  # left over from an earlier run, or dead: clear it away
             stop_process_group(state["supervisor_pid"])
             state_file.unlink()
-        return _start_supervisor(model_dir, state_file, device, timeout_s)
+        return _start_supervisor(model_path, state_file, device, timeout_s)
 
 
-def _start_supervisor(model_dir: str, state_file: Path, device: str, timeout_s: float) -> ServedModel:
+def _start_supervisor(model_path: str, state_file: Path, device: str, timeout_s: float) -> ServedModel:
     log_path = state_file.with_suffix(".log")
-    cmd = [sys.executable, "-m", "tracetune.serve", model_dir, "--state", str(state_file),
+    cmd = [sys.executable, "-m", "tracetune.serve", model_path, "--state", str(state_file),
            "--device", device, "--timeout", str(timeout_s), "--watch-pid", str(owner_pid())]
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
@@ -248,10 +327,10 @@ def _start_supervisor(model_dir: str, state_file: Path, device: str, timeout_s: 
     while not state_file.exists():
         if proc.poll() is not None:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or [""]
-            raise RuntimeError(f"serving {model_dir} failed: {tail[0]} (log: {log_path})")
+            raise RuntimeError(f"serving {model_path} failed: {tail[0]} (log: {log_path})")
         if time.monotonic() > deadline:
             stop_process_group(proc.pid)
-            raise TimeoutError(f"serving {model_dir} timed out (log: {log_path})")
+            raise TimeoutError(f"serving {model_path} timed out (log: {log_path})")
         time.sleep(0.5)
     state = json.loads(state_file.read_text())
     return ServedModel(state["base_url"], state["model"])
@@ -269,13 +348,6 @@ def stop_shared_servers(state_dir: str | os.PathLike = STATE_DIR) -> list[str]:
     return stopped
 
 
-def wait_for_endpoint(model_dir: str | os.PathLike, timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[str, str]:
-    """(base_url, model name) of the run's shared server of `model_dir` (the input a job declared
-    with `served_model_dir`)."""
-    served = shared_endpoint(model_dir, timeout_s=timeout_s)
-    return served.base_url, served.model
-
-
 def _supervise(args) -> None:
     """Serve until the owner process is gone or we are told to stop; then stop the server."""
     def stop(signum, frame):
@@ -289,7 +361,7 @@ def _supervise(args) -> None:
         args.device = "auto" if torch.cuda.is_available() else "cpu"
     state_file = Path(args.state)
     log_path = state_file.with_suffix(".server.log")
-    with _serving(args.model_dir, args.device, "127.0.0.1", args.timeout, log_path) as (served, proc):
+    with _serving(args.model_path, args.device, "127.0.0.1", args.timeout, log_path) as (served, proc):
         write_json(state_file, {"base_url": served.base_url, "model": served.model, "owner_pid": args.watch_pid,
                                 "supervisor_pid": os.getpid(), "server_pid": proc.pid})
         try:
@@ -302,7 +374,7 @@ def _supervise(args) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Serve a model directory until a watched process ends.")
-    parser.add_argument("model_dir")
+    parser.add_argument("model_path", help="a GGUF file (llama.cpp) or a model directory (transformers serve)")
     parser.add_argument("--state", required=True, help="JSON file written once the model answers")
     parser.add_argument("--device", default="detect", help="'detect': the GPU if there is one, else cpu")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tracetune.config import split_settings
 from tracetune.jsonio import InputError, write_json, write_jsonl
+from tracetune.models import check_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +94,6 @@ def resolve_backend(name: str) -> str:
     if name == "auto":
         return "unsloth" if has_unsloth and cuda_available() else "trl"
     return "trl"
-
-
-def check_base_model(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise InputError(f"{path}: base model: no such model directory (config.json missing)")
-    return path
 
 
 def load_rows(path: str | os.PathLike, split: str = "train") -> list[dict]:
@@ -260,7 +254,7 @@ def train(dataset: str | os.PathLike, base_model: str | os.PathLike, out_dir: st
     """Train a LoRA adapter on the train rows of `dataset` into `out_dir`; returns the summary."""
     settings = settings_from(config)
     backend = resolve_backend(settings["backend"])
-    base_model = check_base_model(base_model)
+    base_model = check_model_dir(base_model, "base model")
     rows = load_rows(dataset)
 
     from transformers import AutoTokenizer
