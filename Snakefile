@@ -34,6 +34,7 @@ localrules:
     curate,
     curation_report,
     build_dataset,
+    gguf,
     push_dataset,
     evaluate,
     report,

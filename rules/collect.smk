@@ -20,5 +20,7 @@ rule collect:
         "../envs/tracetune.yaml"
     log:
         "logs/collect/{task}.log",
+    benchmark:
+        "benchmarks/collect/{task}.tsv"  # wall and CPU seconds per job: bench/demo_stages.py
     script:
         "scripts/collect.py"

@@ -6,7 +6,9 @@ import json
 import pytest
 
 from fakes import FakeEndpoint, tool_then_answer
-from tracetune.agent import Endpoint, Settings, replay_reference, run_agent
+import time
+
+from tracetune.agent import Endpoint, EndpointError, Settings, replay_reference, request_timeout, run_agent, sized_timeout
 from tracetune.checks import run_check
 from tracetune.mcp_client import ToolResult as Result
 
@@ -79,13 +81,13 @@ def test_malformed_call_is_answered_with_a_tool_error(arguments, reason):
 
     trace, box, fake = run(policy)
     assert box.calls == []
-    assert trace["invalid_calls"][0]["tool_call_id"] == "c1" and reason in trace["invalid_calls"][0]["reason"]
+    assert trace["invalid_calls"][0]["tool_call_id"] == "call_1_0" and reason in trace["invalid_calls"][0]["reason"]
     # The trace keeps what the model wrote; the endpoint is sent arguments it can parse back.
     args = arguments if isinstance(arguments, str) else json.dumps(arguments)
     assert trace["messages"][1]["tool_calls"][0]["function"]["arguments"] == args
     sent = fake.requests[1]["messages"][1]["tool_calls"][0]["function"]["arguments"]
     assert isinstance(json.loads(sent), dict)
-    assert trace["tool_errors"] == ["c1"]
+    assert trace["tool_errors"] == ["call_1_0"]
     assert trace["messages"][2]["content"].startswith("Error: ")
     assert trace["outcome"]["status"] == "answered"
     assert not run_check(TASK["check"], trace)[0]
@@ -124,6 +126,56 @@ def test_persistent_failure_becomes_error_trace():
     assert trace["outcome"]["status"] == "error"
     assert "InternalServerError" in trace["outcome"]["error"]
     assert len(fake.requests) == 4  # the first try and three retries
+
+
+def run_with_sized_timeout(policy, settings, timeout_s=None, **fake):
+    """The collector's way: probe the server (unless a timeout is configured), then run."""
+    with FakeEndpoint(policy, **fake) as fake_endpoint:
+        endpoint = Endpoint(fake_endpoint.base_url, "fake", timeout_s=timeout_s, max_retries=0)
+
+        async def agent():
+            async with endpoint.client() as client:
+                timeout = await request_timeout(client, endpoint, settings)
+                return timeout, await run_agent(client.with_options(timeout=timeout), endpoint, PriceBox(), TASK,
+                                                [PRICE_TOOL], settings, 0, None)
+
+        return asyncio.run(agent())
+
+
+def test_a_slow_server_finishes_with_timeouts_sized_from_its_speed():
+    """2 s per request (0.4 s per token): the sized timeout leaves room for a full-length answer
+    under concurrency, where a fixed 1 s timeout fails the same run."""
+    policy, settings = tool_then_answer("get_price", {"item": "blue"}, "12.50"), Settings(max_tokens=64, concurrency=2)
+    timeout, trace = run_with_sized_timeout(policy, settings, latency_s=2.0)
+    assert timeout >= 3 * 2 * (64 + 400) * 0.4 * 0.95
+    assert trace["outcome"]["status"] == "answered"
+    _, trace = run_with_sized_timeout(policy, settings, timeout_s=1.0, latency_s=2.0)
+    assert trace["outcome"]["status"] == "error" and "APITimeoutError" in trace["outcome"]["error"]
+
+
+def test_sized_timeout_grows_with_slowness_and_concurrency_from_a_floor():
+    assert sized_timeout(0.0001, 256, 8) == 30.0  # a fast server still gets a sane floor
+    assert sized_timeout(0.05, 256, 8) < sized_timeout(0.1, 256, 8) < sized_timeout(0.1, 256, 16)
+
+
+def test_a_dead_server_fails_fast_in_one_line():
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    endpoint = Endpoint(f"http://127.0.0.1:{port}/v1", "gone", max_retries=4)
+
+    async def probe_it():
+        async with endpoint.client() as client:
+            return await request_timeout(client, endpoint, Settings())
+
+    started = time.monotonic()
+    with pytest.raises(EndpointError) as error:
+        asyncio.run(probe_it())
+    assert time.monotonic() - started < 10
+    message = str(error.value)
+    assert "\n" not in message and f"127.0.0.1:{port}" in message and "does not answer" in message
 
 
 def test_max_turns():

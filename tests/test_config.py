@@ -144,7 +144,7 @@ def test_settings_split_into_params_and_the_rest():
     assert untracked_settings(config, "collect") == {"concurrency": 8, "tool_timeout_s": 30}
     assert result_settings(config, "evaluate", "endpoints") == {"lora": {"base_url": "http://gpu:8000/v1", "model": ""}}
     assert untracked_settings(config, "evaluate", "endpoints", "lora") == {
-        "api_key_env": "", "max_retries": 4, "timeout_s": 120}
+        "api_key_env": "", "max_retries": 4, "timeout_s": None}
     assert untracked_settings(config, "tasks") == "tasks.yaml"
     assert untracked_settings(config, "curate") == {}
     assert "save_steps" not in result_settings(config, "train") and "run" not in result_settings(config, "train")

@@ -74,7 +74,7 @@ def served_processes() -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmd = " ".join(proc.info["cmdline"] or [])
-        if "transformers" in cmd and " serve" in cmd or "tracetune.serve" in cmd:
+        if "transformers" in cmd and " serve" in cmd or "tracetune.serve" in cmd or "llama-server" in cmd:
             found.append(proc)
     return found
 
@@ -150,7 +150,7 @@ def test_collects_with_a_really_served_model_and_leaves_no_process(tmp_path, bun
         traces = [yaml.safe_load(line) for line in lines]
         model = [t for t in traces if t["source"] == "model"]
         assert len(model) == 1 and model[0]["outcome"]["status"] in ("answered", "max_turns")
-        assert model[0]["model"] == "data/models/base" and model[0]["endpoint"].startswith("http://127.0.0.1:")
+        assert model[0]["model"] == "data/gguf/base.gguf" and model[0]["endpoint"].startswith("http://127.0.0.1:")
         assert model[0]["messages"][-1]["role"] == "assistant" and model[0]["usage"]["completion_tokens"] > 0
     assert served_processes() == []
 
@@ -176,7 +176,7 @@ def test_whole_chain_on_a_tiny_model_ends_with_the_report(tmp_path, bundled_mode
         assert (data / path).is_file(), path
     for model in ("base", "lora"):
         summary = yaml.safe_load((data / "eval" / model / "summary.json").read_text())
-        assert summary["served_model"] == f"data/models/{model}"
+        assert summary["served_model"] == f"data/gguf/{model}.gguf"
         results = (data / "eval" / model / "results.jsonl").read_text().splitlines()
         assert len(results) == 2  # the two eval tasks, one sample each; no train task
     html = (data / "reports" / "report.html").read_text()
@@ -208,8 +208,8 @@ for path in map(Path, snakemake.output):
 '''
 SITE_TASK = "site-sunday-open"  # the first variant of site-{slug}: its page is 409 characters long
 RERUN_TASKS = ["price-kettle", "stock-teapot", SITE_TASK, "eval-price-chefs-knife"]
-AFTER_DATASET = {"build_dataset", "train:run=lora", "merge:run=lora", "eval_loss:model=base", "eval_loss:model=lora",
-                 "evaluate:model=base", "evaluate:model=lora", "report", "all"}
+AFTER_MERGE = {"merge:run=lora", "gguf:model=lora", "eval_loss:model=lora", "evaluate:model=lora", "report", "all"}
+AFTER_DATASET = {"build_dataset", "train:run=lora", "eval_loss:model=base", "evaluate:model=base"} | AFTER_MERGE
 AFTER_CURATE = {"curation_report"} | AFTER_DATASET
 
 
@@ -227,7 +227,7 @@ def finished(tmp_path_factory, bundled_model):
     with FakeEndpoint(lambda messages: {"role": "assistant", "content": "There are 7 teapots."}) as fake:
         wf = make_workflow(tmp, [], {"base_model": str(base), "endpoint": {"base_url": fake.base_url, "model": "fake"}})
         write_tasks(wf, tasks)
-        for rule in ("train", "merge", "eval_loss", "evaluate", "report"):
+        for rule in ("train", "merge", "gguf", "eval_loss", "evaluate", "report"):
             (wf / "rules" / "scripts" / f"{rule}.py").write_text(STAND_IN)
         snakemake(wf)
     raw = [yaml.safe_load(line) for line in (wf / f"data/traces/raw/{SITE_TASK}.jsonl").read_text().splitlines()]
@@ -284,8 +284,9 @@ def test_target_settings_rerun_nothing_already_built(finished):
     ({"collect.truncate": 300}, {f"collect:task={SITE_TASK}", f"curate:task={SITE_TASK}"} | AFTER_CURATE),
     ({"curate.keep_system_prompt": True}, {f"curate:task={t}" for t in RERUN_TASKS} | AFTER_CURATE),
     ({"dataset.max_seq_len": 1024}, AFTER_DATASET),
-    ({"train.lora_r": 8}, {"train:run=lora", "merge:run=lora", "eval_loss:model=lora", "evaluate:model=lora",
-                           "report", "all"}),
+    ({"train.lora_r": 8}, {"train:run=lora"} | AFTER_MERGE),
+    ({"serve.gguf_type": "q8_0"}, {"gguf:model=lora", "evaluate:model=lora", "report", "all"}),
+    ({"serve.engine": "transformers"}, {"evaluate:model=lora", "report", "all"}),  # serves the merged directory
     ({"evaluate.temperature": 0.5}, {"evaluate:model=base", "evaluate:model=lora", "report", "all"}),
     ({"report.title": "Shop agent"}, {"report", "all"}),
 ], ids=lambda value: ",".join(value) if isinstance(value, dict) else None)

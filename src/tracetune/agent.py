@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
 
 import jsonschema
-import openai
 
 from tracetune.parsing import normalize_assistant
+
+log = logging.getLogger(__name__)
+
+
+PROBE_TIMEOUT_S = 120.0  # the probe runs alone: a server that takes longer for 16 tokens is not working
+PROBE_TOKENS = 16
+
+
+class EndpointError(RuntimeError):
+    """The model server does not answer at all: one line, before any task runs."""
 
 
 @dataclass(frozen=True)
@@ -18,15 +28,50 @@ class Endpoint:
     base_url: str
     model: str
     api_key_env: str = ""
-    timeout_s: float = 120
+    timeout_s: float | None = None  # per request; None: sized from the server's measured speed
     max_retries: int = 4
 
-    def client(self) -> openai.AsyncOpenAI:
+    def client(self) -> "openai.AsyncOpenAI":
         # The openai client retries 429, 5xx, connection errors and timeouts with backoff.
+        import openai  # here, not at the top: reference-only collect jobs (most) never load it
+
         key = os.environ.get(self.api_key_env, "") if self.api_key_env else ""
-        return openai.AsyncOpenAI(
-            base_url=self.base_url, api_key=key or "EMPTY", timeout=self.timeout_s, max_retries=self.max_retries
-        )
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key=key or "EMPTY",
+                                  timeout=self.timeout_s or PROBE_TIMEOUT_S, max_retries=self.max_retries)
+
+
+def sized_timeout(seconds_per_token: float, max_tokens: int, concurrency: int) -> float:
+    """A request's timeout from the server's speed: `concurrency` requests share the server, each
+    may generate `max_tokens` after reading a prompt of up to 4k tokens (counted as 400 generated
+    ones: prefill is some ten times faster per token), with a margin of 3. A run that is only slow
+    finishes; a hung request still ends."""
+    return max(30.0, 3 * concurrency * (max_tokens + 400) * seconds_per_token)
+
+
+async def probe(client: "openai.AsyncOpenAI", endpoint: Endpoint) -> float:
+    """Seconds per generated token of one short request, sent once; a server that does not
+    answer is an EndpointError naming it (the openai client would retry for minutes)."""
+    import openai
+
+    started = time.perf_counter()
+    try:
+        response = await client.with_options(max_retries=0, timeout=PROBE_TIMEOUT_S).chat.completions.create(
+            model=endpoint.model, messages=[{"role": "user", "content": "Count from one to twenty in words."}],
+            max_tokens=PROBE_TOKENS, temperature=0)
+    except openai.APIError as e:
+        raise EndpointError(f"{endpoint.base_url}: the model server does not answer "
+                            f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    tokens = (response.usage.completion_tokens if response.usage else 0) or PROBE_TOKENS
+    return (time.perf_counter() - started) / tokens
+
+
+async def request_timeout(client: "openai.AsyncOpenAI", endpoint: Endpoint, settings: "Settings") -> float:
+    """The configured timeout, else one sized from a probe of the server."""
+    if endpoint.timeout_s:
+        return endpoint.timeout_s
+    timeout = sized_timeout(await probe(client, endpoint), settings.max_tokens, settings.concurrency)
+    log.info("%s: %.0f s per request (sized from the server's speed)", endpoint.base_url, timeout)
+    return timeout
 
 
 @dataclass(frozen=True)
@@ -135,6 +180,8 @@ def opening_messages(task: dict, system_prompt: str | None) -> list[dict]:
 async def run_agent(client, endpoint: Endpoint, toolbox, task: dict, tools: list[dict],
                     settings: Settings, sample: int, system_prompt: str | None) -> dict:
     """Run the model on every user turn of the task until it answers, or max_turns is spent."""
+    import openai
+
     rec = Recorder(opening_messages(task, system_prompt))
     max_turns = task.get("max_turns", settings.max_turns)
     turns = 0
@@ -192,7 +239,7 @@ def resolve_endpoint(endpoint_config: dict, served_models=()) -> Endpoint | None
     (a GGUF file or a model directory)."""
     if endpoint_config.get("base_url"):
         return Endpoint(endpoint_config["base_url"], endpoint_config.get("model") or "default",
-                        endpoint_config.get("api_key_env", ""), endpoint_config.get("timeout_s", 120),
+                        endpoint_config.get("api_key_env", ""), endpoint_config.get("timeout_s"),
                         endpoint_config.get("max_retries", 4))
     served = [served_models] if isinstance(served_models, str) else list(served_models)
     if not served:
@@ -200,5 +247,5 @@ def resolve_endpoint(endpoint_config: dict, served_models=()) -> Endpoint | None
     from tracetune.serve import shared_endpoint
 
     served = shared_endpoint(served[0])
-    return Endpoint(served.base_url, served.model, "", endpoint_config.get("timeout_s", 120),
+    return Endpoint(served.base_url, served.model, "", endpoint_config.get("timeout_s"),
                     endpoint_config.get("max_retries", 4))

@@ -9,7 +9,7 @@ import logging
 import urllib.parse
 from collections.abc import Iterable
 
-from tracetune.agent import Endpoint, Settings, replay_reference, run_agent
+from tracetune.agent import Endpoint, Settings, replay_reference, request_timeout, run_agent
 from tracetune.checks import run_check
 from tracetune.config import TaskFile, task_hash
 from tracetune.jsonio import write_jsonl
@@ -108,6 +108,8 @@ async def acollect(taskfile: TaskFile, task_ids: Iterable[str], endpoint: Endpoi
 
     # Closed inside the loop: a client left to the garbage collector closes on a dead loop.
     async with endpoint.client() if needs_model else contextlib.nullcontext() as client:
+        if needs_model:  # a dead server stops here, in one line
+            client = client.with_options(timeout=await request_timeout(client, endpoint, settings))
         traces = await asyncio.gather(*(guarded(task, s, client) for task, s in jobs))
     by_task: dict[str, list[dict]] = {t: [] for t in task_ids}
     for trace in traces:

@@ -18,6 +18,8 @@ import yaml
 from tracetune.checks import CHECK_KINDS
 from tracetune.jsonio import InputError, read_jsonl
 
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: every collect job reads the task file
+
 SCHEMAS = resources.files("tracetune") / "schemas"
 
 
@@ -311,7 +313,7 @@ def expand_variants(tasks: list, path: str) -> list:
 def load_tasks(path: str | Path) -> TaskFile:
     path = str(path)
     try:
-        doc = yaml.safe_load(Path(path).read_text())
+        doc = yaml.load(Path(path).read_text(), Loader=YAML_LOADER)
     except FileNotFoundError:
         raise InputError(f"{path}: task file not found") from None
     except yaml.YAMLError as e:
