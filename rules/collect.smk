@@ -5,12 +5,12 @@
 
 rule collect:
     input:
-        code=src("agent.py", "parsing.py", "collect.py", "checks.py", "mcp_client.py"),
         servers=task_server_sources,
         endpoint=collect_endpoint,
     output:
         "data/traces/raw/{task}.jsonl",
     params:
+        code=code_of("collect.py"),
         spec=task_spec_hash,
         samples=task_samples,
         agent=collect_agent_settings,

@@ -6,6 +6,7 @@ from tracetune.config import (cached_server_tools, check_reference_tools, endpoi
                               load_tasks, result_settings, task_hash)
 from tracetune.curate import edit_paths, read_reject_ids
 from tracetune.evaluate import eval_task_ids
+from tracetune.fingerprint import code_fingerprint
 from tracetune.jsonio import InputError
 from tracetune.models import check_base_model
 from tracetune.toolsets import ToolRendering, check_task_options
@@ -35,9 +36,11 @@ def task_ids(split=None):
     return TASKFILE.ids(split)
 
 
-def src(*names):
-    """The package files a job runs: declared as inputs so that editing them reruns the job."""
-    return [f"src/tracetune/{name}" for name in names]
+def code_of(script):
+    """The fingerprint of the tracetune code a rule script runs, found from its imports
+    (tracetune.fingerprint): passed as a param, so a change in behaviour reruns the rule and a
+    comment, a docstring or a reformatting does not."""
+    return code_fingerprint(str(Path(workflow.basedir) / "rules" / "scripts" / script))
 
 
 def raw_traces(split=None):

@@ -6,7 +6,6 @@
 
 rule curate:
     input:
-        code=src("curate.py", "checks.py", "schemas/trace.schema.yaml"),
         raw="data/traces/raw/{task}.jsonl",
         edits=task_edits,
         imported=task_imports,
@@ -14,6 +13,7 @@ rule curate:
         traces="data/traces/curated/{task}.jsonl",
         stats="data/reports/curation/{task}.json",
     params:
+        code=code_of("curate.py"),
         check=task_check,
         rejected=task_rejects,
         system_prompt=TASKFILE.system_prompt,
@@ -28,10 +28,11 @@ rule curate:
 
 rule curation_report:
     input:
-        code=src("curate.py"),
         stats=expand("data/reports/curation/{task}.json", task=task_ids()),
     output:
         "data/reports/curation.json",
+    params:
+        code=code_of("curate.py"),
     conda:
         "../envs/tracetune.yaml"
     log:

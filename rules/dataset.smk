@@ -4,7 +4,6 @@
 
 rule build_dataset:
     input:
-        code=src("dataset.py", "toolsets.py", "checks.py"),
         traces=curated_traces(),
         base_model="data/models/base",
     output:
@@ -13,6 +12,7 @@ rule build_dataset:
         card="data/dataset/README.md",
         report="data/reports/dataset.json",
     params:
+        code=code_of("build_dataset.py"),
         splits=task_splits(),
         dataset=result_settings(config, "dataset"),
         base_model=result_settings(config, "base_model"),
@@ -26,13 +26,13 @@ rule build_dataset:
 
 rule push_dataset:
     input:
-        code=src("publish.py"),
         train="data/dataset/train.parquet",
         eval="data/dataset/eval.parquet",
         card="data/dataset/README.md",
     output:
         "data/reports/pushed_dataset.txt",
     params:
+        code=code_of("push_dataset.py"),
         repo=result_settings(config, "hub", "dataset_repo"),
         private=result_settings(config, "hub", "private"),
     conda:

@@ -6,12 +6,12 @@
 
 rule eval_loss:
     input:
-        code=src("evaluate.py"),
         model="data/models/{model}",
         rows="data/dataset/eval.parquet",
     output:
         "data/eval/{model}/loss.json",
     params:
+        code=code_of("eval_loss.py"),
         loss=result_settings(config, "evaluate", "loss"),
     conda:
         "../envs/tracetune.yaml"
@@ -23,7 +23,6 @@ rule eval_loss:
 
 rule evaluate:
     input:
-        code=src("evaluate.py", "collect.py", "agent.py", "parsing.py", "checks.py", "mcp_client.py", "config.py"),
         endpoint=eval_endpoint,
         loss=eval_loss_input,
     output:
@@ -31,6 +30,7 @@ rule evaluate:
         summary="data/eval/{model}/summary.json",
         reordered="data/eval/{model}/reordered.jsonl",
     params:
+        code=code_of("evaluate.py"),
         spec=eval_spec(),
         settings=eval_agent_settings(),
         truncate=eval_truncate,
@@ -48,7 +48,6 @@ rule evaluate:
 
 rule report:
     input:
-        code=src("report.py", "templates/report.html.j2"),
         summaries=expand("data/eval/{model}/summary.json", model=eval_models()),
         results=expand("data/eval/{model}/results.jsonl", model=eval_models()),
         adapters=expand("data/adapters/{run}", run=tuned_models()),
@@ -63,6 +62,7 @@ rule report:
         ),
         tool_validity=report("data/reports/tool_validity.png", caption="../report/tool_validity.rst", category="Figures"),
     params:
+        code=code_of("report.py"),
         report=result_settings(config, "report"),
     conda:
         "../envs/tracetune.yaml"

@@ -13,11 +13,10 @@ claim_shared_servers()
 
 
 rule prepare_base_model:
-    input:
-        code=src("models.py", "templates/tool_chatml.jinja", "templates/response_template.json"),
     output:
         directory("data/models/base"),
     params:
+        code=code_of("prepare_base_model.py"),
         base_model=result_settings(config, "base_model"),
     conda:
         "../envs/tracetune.yaml"
@@ -29,11 +28,11 @@ rule prepare_base_model:
 
 rule gguf:
     input:
-        code=src("serve.py"),
         model="data/models/{model}",
     output:
         "data/gguf/{model}.gguf",
     params:
+        code=code_of("gguf.py"),
         gguf_type=result_settings(config, "serve", "gguf_type"),
     conda:
         "../envs/tracetune.yaml"

@@ -5,12 +5,12 @@
 
 rule train:
     input:
-        code=src("train.py", "backends/__init__.py", "backends/peft_lora.py", "backends/unsloth_lora.py"),
         dataset="data/dataset/train.parquet",
         base_model="data/models/base",
     output:
         directory("data/adapters/{run}"),
     params:
+        code=code_of("train.py"),
         train=result_settings(config, "train"),
         checkpoints="data/checkpoints/{run}",
     wildcard_constraints:
@@ -31,12 +31,12 @@ rule train:
 
 rule merge:
     input:
-        code=src("merge.py"),
         adapter="data/adapters/{run}",
         base_model="data/models/base",
     output:
         directory("data/models/{run}"),
     params:
+        code=code_of("merge.py"),
         merge=result_settings(config, "merge"),
     wildcard_constraints:
         run=r"(?!base$)[A-Za-z0-9._-]+",
@@ -52,11 +52,11 @@ rule merge:
 
 rule push_model:
     input:
-        code=src("publish.py"),
         model=f"data/models/{config['train']['run']}",
     output:
         "data/reports/pushed_model.txt",
     params:
+        code=code_of("push_model.py"),
         repo=result_settings(config, "hub", "model_repo"),
         private=result_settings(config, "hub", "private"),
     conda:

@@ -49,8 +49,11 @@ def write_tasks(wf: Path, tasks: list[dict], held_out: bool = True) -> None:
 
 
 def snakemake(wf: Path, *args: str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if not (wf / "src").is_symlink():  # a copy of the package, for tests that edit its code
+        env["PYTHONPATH"] = str(wf / "src")
     proc = subprocess.run([SNAKEMAKE, "--cores", "2", *args], cwd=wf, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
@@ -226,9 +229,14 @@ def finished(tmp_path_factory, bundled_model):
     tasks[2]["vary"] = tasks[2]["vary"][:1]
     with FakeEndpoint(lambda messages: {"role": "assistant", "content": "There are 7 teapots."}) as fake:
         wf = make_workflow(tmp, [], {"base_model": str(base), "endpoint": {"base_url": fake.base_url, "model": "fake"}})
+        (wf / "src").unlink()  # its own copy of the package: the code-change cases edit it
+        shutil.copytree(ROOT / "src", wf / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         write_tasks(wf, tasks)
         for rule in ("train", "merge", "gguf", "eval_loss", "evaluate", "report"):
-            (wf / "rules" / "scripts" / f"{rule}.py").write_text(STAND_IN)
+            script = wf / "rules" / "scripts" / f"{rule}.py"
+            # The real script's imports, never run, keep its code fingerprint the real one.
+            imports = [line for line in script.read_text().splitlines() if line.startswith("from tracetune.")]
+            script.write_text("if False:\n" + "".join(f"    {line}\n" for line in imports) + STAND_IN)
         snakemake(wf)
     raw = [yaml.safe_load(line) for line in (wf / f"data/traces/raw/{SITE_TASK}.jsonl").read_text().splitlines()]
     assert [(t["truncate"], t["longest_tool_result"]) for t in raw] == [(4000, 409)]
@@ -292,3 +300,39 @@ def test_target_settings_rerun_nothing_already_built(finished):
 ], ids=lambda value: ",".join(value) if isinstance(value, dict) else None)
 def test_result_setting_reruns_exactly_what_it_changes(finished, changes, planned):
     assert planned_after(finished, changes) == planned
+
+
+# A code change reruns the rules whose scripts reach the module through imports
+# (tracetune.fingerprint), and only when behaviour changes: comments and docstrings rerun nothing.
+ALL_TASKS = {f"{rule}:task={t}" for rule in ("collect", "curate") for t in RERUN_TASKS}
+EVALUATE = {"evaluate:model=base", "evaluate:model=lora", "eval_loss:model=base", "eval_loss:model=lora", "report", "all"}
+
+
+def planned_after_code_change(wf: Path, module: str, edit) -> set[str]:
+    """The jobs a dry run plans with `edit(source)` as the module's source; the file is restored."""
+    path = wf / "src" / "tracetune" / module
+    original = path.read_text()
+    path.write_text(edit(original))
+    try:
+        return set(planned_jobs(wf))
+    finally:
+        path.write_text(original)
+
+
+@pytest.mark.parametrize("module", ["checks.py", "report.py", "train.py", "serve.py", "dataset.py", "merge.py"])
+def test_a_comment_or_docstring_reruns_nothing(finished, module):
+    assert planned_after_code_change(finished, module, lambda source: source + "\n# a note for readers\n") == set()
+    assert planned_after_code_change(finished, module, lambda source: source.replace('"""', '"""Reworded. ', 1)) == set()
+
+
+@pytest.mark.parametrize("module, planned", [
+    ("report.py", {"report", "all"}),
+    ("dataset.py", AFTER_DATASET),
+    ("train.py", {"train:run=lora"} | AFTER_MERGE),
+    ("merge.py", AFTER_MERGE),
+    ("serve.py", ALL_TASKS | {"curation_report", "gguf:model=lora"} | AFTER_DATASET),  # collect reaches serve
+    ("curate.py", {f"curate:task={t}" for t in RERUN_TASKS} | AFTER_CURATE),
+    ("evaluate.py", EVALUATE),
+], ids=lambda value: value if isinstance(value, str) else None)
+def test_a_behaviour_change_reruns_the_rules_that_import_it(finished, module, planned):
+    assert planned_after_code_change(finished, module, lambda source: source + "\n\nCHANGED = True\n") == planned
