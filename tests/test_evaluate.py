@@ -330,3 +330,38 @@ def test_summary_gives_tool_selection_and_success_per_capability():
     assert summary["tool_selection"]["all_tools"]["k"] == 2
     assert {c: (r["k"], r["n"]) for c, r in summary["capabilities"].items()} == {
         "general": (1, 1), "price": (1, 1), "stock": (1, 2)}
+
+
+# --- reproducibility -------------------------------------------------------------------------
+
+PROMPTS = ["Find me a widget.", "how much is the kettle??", "Is the teapot in stock?", "Cancel ORD-1002 please",
+           "What's the status of order ORD-1001?", "Do you ship to Germany?"]
+
+
+def without_run_details(path) -> list[dict]:
+    """A results file less what differs between runs by design: when, how long, and which port."""
+    drop = {"created", "timings", "endpoint"}
+    return [{k: v for k, v in trace.items() if k not in drop} for _, trace in read_jsonl(path)]
+
+
+@pytest.mark.slow
+def test_evaluating_twice_gives_identical_transcripts(tmp_path, bundled_gguf_model):
+    """The same model and settings, two fresh llama.cpp servers, 6 tasks at once (the agent's
+    concurrency, so requests share batches): identical verdicts and transcripts at temperature 0."""
+    from tracetune.serve import served_model
+
+    tasks = "\n".join(f"  - {{id: t{i}, prompt: {json.dumps(p)}, servers: [shop], split: eval, "
+                      f"check: {{tool_called: search_products}}}}" for i, p in enumerate(PROMPTS))
+    path = tmp_path / "tasks.yaml"
+    path.write_text(f"servers:\n  shop: {{command: {sys.executable}, args: [-m, tracetune.servers.shop]}}\n"
+                    f"tasks:\n{tasks}\n")
+    taskfile, runs = load_tasks(path), []
+    for run in ("first", "second"):
+        with served_model(bundled_gguf_model, timeout_s=120) as served:
+            files = {k: str(tmp_path / run / Path(v).name) for k, v in outputs(tmp_path).items()}
+            evaluate_to_files(taskfile, Endpoint(served.base_url, served.model), Settings(temperature=0.0, max_tokens=48),
+                              samples=1, max_error_rate=0.5, model="base", loss_path=None, reorder=True, **files)
+        runs.append(without_run_details(files["results_path"]) + without_run_details(files["reordered_path"]))
+    assert [t["messages"] for t in runs[0]] == [t["messages"] for t in runs[1]]
+    assert runs[0] == runs[1]
+    assert any(m["role"] == "assistant" and m["content"] for t in runs[0] for m in t["messages"])

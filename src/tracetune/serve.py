@@ -43,8 +43,12 @@ log = logging.getLogger(__name__)
 
 OWNER_ENV = "TRACETUNE_OWNER"  # "host:pid" of the Snakemake run that owns shared servers
 CPU_KV_CACHE_PAGES = 128  # of 256 tokens: 8 concurrent requests of 4k tokens (2 GiB in all for SmolLM2-135M)
-LLAMA_SLOTS = 8  # conversations in flight at once: the agent's concurrency
-LLAMA_SLOT_TOKENS = 4096  # context per conversation
+# One request at a time, the prompt prefix kept between requests. On 2 cores this was the fastest
+# (16 two-turn requests: 11 s, against 21-34 s with 8 slots, which each prefill the tool list on
+# their own) and the only reproducible setting: with 8 slots the batch a request shares decides
+# its numbers, and 1-2 of 8 greedy answers changed between two runs.
+LLAMA_SLOTS = 1
+LLAMA_SLOT_TOKENS = 8192  # context per request: a site page, the tool list and a few turns
 STATE_DIR = Path(".snakemake/tracetune/serve")  # where shared servers are recorded
 DEFAULT_TIMEOUT_S = 600.0  # a big model on a slow disk takes minutes to load
 
