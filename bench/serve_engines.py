@@ -2,12 +2,13 @@
 `transformers serve` (continuous batching, the previous default), serving the same model.
 
 Each engine answers the demo's eval prompts as the agent sends them: every tool of the shop
-server listed, 8 requests at a time, up to 64 new tokens, temperature 0; then each conversation
+server listed, 8 conversations at a time, up to 64 new tokens, temperature 0; then each conversation
 goes on with the call's result (a second turn over the same prefix). Prints wall time, new
 tokens/s, mean latency per request and how many replies carried a tool call (structured, or
 Hermes text that tracetune.parsing reads).
 
-    .venv/bin/python bench/serve_engines.py [--model data/models/lora] [--engines llama.cpp-bf16,llama.cpp-q8_0,transformers]
+    .venv/bin/python bench/serve_engines.py [--model data/models/lora] [--prompts N]
+                                            [--engines llama.cpp-bf16,llama.cpp-q8_0,transformers]
 """
 
 from __future__ import annotations
@@ -75,9 +76,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(ROOT / "data/models/lora"), help="a model directory (the tuned one calls tools)")
     parser.add_argument("--engines", default="llama.cpp-bf16,llama.cpp-q8_0,transformers")
+    parser.add_argument("--prompts", type=int, default=None, help="the first N eval prompts only")
     args = parser.parse_args()
     taskfile = load_tasks(ROOT / "tasks.yaml")
-    prompts = [taskfile.tasks[t]["prompt"][0] for t in taskfile.ids("eval")]
+    prompts = [taskfile.tasks[t]["prompt"][0] for t in taskfile.ids("eval")][:args.prompts]
     tools = asyncio.run(shop_tools())
     print(f"{args.model}: {len(prompts)} eval prompts, {len(tools)} tools listed")
     with tempfile.TemporaryDirectory() as tmp:
