@@ -171,8 +171,9 @@ def reorder_check(wildcards):
     return result_settings(config, "evaluate", "reorder_check") and wildcards.model != config["report"]["baseline"]
 
 
-def eval_loss_input(wildcards):
-    return "data/eval/{model}/loss.json" if config["evaluate"]["loss"]["enabled"] else []
+def eval_losses():
+    """The held-out losses the report shows, when the loss is enabled."""
+    return expand("data/eval/{model}/loss.json", model=eval_models()) if config["evaluate"]["loss"]["enabled"] else []
 
 
 def eval_agent_settings():

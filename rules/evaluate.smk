@@ -1,5 +1,6 @@
 # evaluate: each model in evaluate.models (base = the prepared base model, others = merged tuned runs)
-# runs the split: eval tasks → data/eval/{model}/results.jsonl + summary.json (with the held-out loss);
+# runs the split: eval tasks → data/eval/{model}/results.jsonl + summary.json, and the held-out loss
+# → data/eval/{model}/loss.json beside it (a job of its own, run alongside);
 # report: base vs tuned → data/reports/report.html, report.md and the figures beside them.
 
 
@@ -24,7 +25,6 @@ rule eval_loss:
 rule evaluate:
     input:
         endpoint=eval_endpoint,
-        loss=eval_loss_input,
     output:
         results="data/eval/{model}/results.jsonl",
         summary="data/eval/{model}/summary.json",
@@ -50,6 +50,7 @@ rule report:
     input:
         summaries=expand("data/eval/{model}/summary.json", model=eval_models()),
         results=expand("data/eval/{model}/results.jsonl", model=eval_models()),
+        losses=eval_losses(),
         adapters=expand("data/adapters/{run}", run=tuned_models()),
         curation="data/reports/curation.json",
         dataset="data/reports/dataset.json",

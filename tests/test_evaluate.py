@@ -160,18 +160,15 @@ def outputs(tmp_path):
 
 def test_evaluate_runs_only_eval_tasks(tmp_path):
     taskfile = write_tasks(tmp_path)
-    loss = tmp_path / "loss.json"
-    loss.write_text(json.dumps({"loss": 1.25, "rows": 3, "tokens": 40}))
     policy = tool_then_answer("search_products", {"query": "widget"}, "Here is a widget.")
     with FakeEndpoint(policy) as fake:
         summary = evaluate_to_files(taskfile, Endpoint(fake.base_url, "fake", timeout_s=10), Settings(concurrency=4),
-                                    samples=2, max_error_rate=0.5, model="lora", loss_path=str(loss), **outputs(tmp_path))
+                                    samples=2, max_error_rate=0.5, model="lora", **outputs(tmp_path))
     results = [t for _, t in read_jsonl(outputs(tmp_path)["results_path"])]
     assert sorted(t["trace_id"] for t in results) == ["t0--s0", "t0--s1", "t1--s0", "t1--s1"]
     assert all(t["source"] == "model" for t in results)
     assert summary["success"]["per_sample"]["k"] == 4, [t["check"] for t in results]
     assert summary["tool_calls"]["valid"]["rate"] == 1.0
-    assert summary["heldout_loss"]["loss"] == 1.25
     assert json.loads(Path(outputs(tmp_path)["summary_path"]).read_text()) == summary
 
 
@@ -181,7 +178,7 @@ def test_evaluate_sends_the_system_prompt_only_if_training_kept_it(tmp_path, kee
     policy = tool_then_answer("search_products", {"query": "widget"}, "Here is a widget.")
     with FakeEndpoint(policy) as fake:
         evaluate_to_files(taskfile, Endpoint(fake.base_url, "fake", timeout_s=10), Settings(), samples=1,
-                          max_error_rate=0.5, model="lora", loss_path=None, system_prompt=keep, **outputs(tmp_path))
+                          max_error_rate=0.5, model="lora", system_prompt=keep, **outputs(tmp_path))
     first = fake.requests[0]["messages"][0]
     assert (first == {"role": "system", "content": "Be brief."}) == keep, first
 
@@ -190,7 +187,7 @@ def test_evaluate_with_no_eval_tasks_is_one_line_error(tmp_path):
     taskfile = write_tasks(tmp_path, splits=("train",))
     with pytest.raises(InputError, match=r"tasks.yaml: tasks: no task has split: eval"):
         evaluate_to_files(taskfile, Endpoint("http://127.0.0.1:9/v1", "x"), Settings(), samples=1,
-                          max_error_rate=0.5, model="base", loss_path=None, **outputs(tmp_path))
+                          max_error_rate=0.5, model="base", **outputs(tmp_path))
 
 
 def test_dead_endpoint_leaves_no_summary(tmp_path):
@@ -198,7 +195,7 @@ def test_dead_endpoint_leaves_no_summary(tmp_path):
     endpoint = Endpoint(f"http://127.0.0.1:{free_port()}/v1", "gone", timeout_s=2, max_retries=0)
     with pytest.raises(RuntimeError, match="evaluation failed: 1/1 traces"):
         evaluate_to_files(taskfile, endpoint, Settings(), samples=1, max_error_rate=0.5, model="base",
-                          loss_path=None, **outputs(tmp_path))
+                          **outputs(tmp_path))
     assert not (tmp_path / "eval").exists() or not any((tmp_path / "eval").iterdir())
 
 
@@ -276,7 +273,7 @@ def test_reversed_tool_lists_show_a_model_that_picks_by_position(tmp_path):
     taskfile = write_tasks(tmp_path, splits=("eval", "eval"))
     with FakeEndpoint(first_tool_then_answer({"query": "widget"}, "Here is a widget."), sees_tools=True) as fake:
         summary = evaluate_to_files(taskfile, Endpoint(fake.base_url, "fake", timeout_s=10), Settings(), samples=1,
-                                    max_error_rate=0.5, model="lora", loss_path=None, reorder=True, **outputs(tmp_path))
+                                    max_error_rate=0.5, model="lora", reorder=True, **outputs(tmp_path))
     assert summary["success"]["per_task"]["k"] == 2
     assert summary["reordered"]["per_task"]["k"] == 0
     assert summary["reordered"]["delta_points"] == -100.0 and summary["reordered"]["flipped"] == ["t0", "t1"]
@@ -289,7 +286,7 @@ def test_reorder_check_off_writes_an_empty_file(tmp_path):
     taskfile = write_tasks(tmp_path, splits=("eval",))
     with FakeEndpoint(tool_then_answer("search_products", {"query": "widget"}, "Here is a widget.")) as fake:
         summary = evaluate_to_files(taskfile, Endpoint(fake.base_url, "fake", timeout_s=10), Settings(), samples=1,
-                                    max_error_rate=0.5, model="lora", loss_path=None, **outputs(tmp_path))
+                                    max_error_rate=0.5, model="lora", **outputs(tmp_path))
     assert summary["reordered"] is None and len(fake.requests) == 2
     assert Path(outputs(tmp_path)["reordered_path"]).read_text() == ""
 
@@ -360,7 +357,7 @@ def test_evaluating_twice_gives_identical_transcripts(tmp_path, bundled_gguf_mod
         with served_model(bundled_gguf_model, timeout_s=120) as served:
             files = {k: str(tmp_path / run / Path(v).name) for k, v in outputs(tmp_path).items()}
             evaluate_to_files(taskfile, Endpoint(served.base_url, served.model), Settings(temperature=0.0, max_tokens=48),
-                              samples=1, max_error_rate=0.5, model="base", loss_path=None, reorder=True, **files)
+                              samples=1, max_error_rate=0.5, model="base", reorder=True, **files)
         runs.append(without_run_details(files["results_path"]) + without_run_details(files["reordered_path"]))
     assert [t["messages"] for t in runs[0]] == [t["messages"] for t in runs[1]]
     assert runs[0] == runs[1]

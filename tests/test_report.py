@@ -47,7 +47,7 @@ REORDERED = {"per_task": {"k": 1, "n": 2, "rate": 0.5, "ci95": [0.09, 0.91]}, "d
 
 
 def make_inputs(tmp_path, lora_traces=None):
-    paths = {"summaries": [], "results": []}
+    paths = {"summaries": [], "results": [], "losses": []}
     for model in ("base", "lora"):
         traces = [t for _, t in read_jsonl(FIXTURES / f"{model}.results.jsonl")]
         if model == "lora" and lora_traces is not None:
@@ -58,8 +58,10 @@ def make_inputs(tmp_path, lora_traces=None):
             f.writelines(json.dumps(t) + "\n" for t in traces)
         summary = {"model": model, "samples": 2} | score_traces(traces, TASKS)
         summary["reordered"] = REORDERED if model == "lora" else None
-        summary["heldout_loss"] = {"loss": 1.9 if model == "base" else 0.7, "rows": 8, "tokens": 400}
         (d / "summary.json").write_text(json.dumps(summary))
+        # the held-out loss comes from its own job's file, beside the evaluation
+        (d / "loss.json").write_text(json.dumps({"loss": 1.9 if model == "base" else 0.7, "rows": 8, "tokens": 400}))
+        paths["losses"].append(str(d / "loss.json"))
         paths["summaries"].append(str(d / "summary.json"))
         paths["results"].append(str(d / "results.jsonl"))
     (tmp_path / "adapters" / "lora").mkdir(parents=True)

@@ -212,7 +212,7 @@ for path in map(Path, snakemake.output):
 SITE_TASK = "site-sunday-open"  # the first variant of site-{slug}: its page is 409 characters long
 RERUN_TASKS = ["price-kettle", "stock-teapot", SITE_TASK, "eval-price-chefs-knife"]
 AFTER_MERGE = {"merge:run=lora", "gguf:model=lora", "eval_loss:model=lora", "evaluate:model=lora", "report", "all"}
-AFTER_DATASET = {"build_dataset", "train:run=lora", "eval_loss:model=base", "evaluate:model=base"} | AFTER_MERGE
+AFTER_DATASET = {"build_dataset", "train:run=lora", "eval_loss:model=base"} | AFTER_MERGE  # base is evaluated as before
 AFTER_CURATE = {"curation_report"} | AFTER_DATASET
 
 
@@ -287,10 +287,12 @@ def test_target_settings_rerun_nothing_already_built(finished):
 
 @pytest.mark.parametrize("changes, planned", [
     # Agent settings reach the task with a model sample and the evaluation, not the reference plans.
-    ({"collect.max_tokens": 128}, {"collect:task=stock-teapot", "curate:task=stock-teapot"} | AFTER_CURATE),
+    ({"collect.max_tokens": 128}, {"collect:task=stock-teapot", "curate:task=stock-teapot", "evaluate:model=base"}
+     | AFTER_CURATE),
     ({"collect.truncate": 1000}, set()),  # no tool result is longer than 1000 characters
     ({"collect.truncate": 300}, {f"collect:task={SITE_TASK}", f"curate:task={SITE_TASK}"} | AFTER_CURATE),
-    ({"curate.keep_system_prompt": True}, {f"curate:task={t}" for t in RERUN_TASKS} | AFTER_CURATE),
+    ({"curate.keep_system_prompt": True}, {f"curate:task={t}" for t in RERUN_TASKS} | {"evaluate:model=base"}
+     | AFTER_CURATE),  # the evaluation asks as the model was trained
     ({"dataset.max_seq_len": 1024}, AFTER_DATASET),
     ({"train.lora_r": 8}, {"train:run=lora"} | AFTER_MERGE),
     ({"serve.gguf_type": "q8_0"}, {"gguf:model=lora", "evaluate:model=lora", "report", "all"}),
@@ -330,7 +332,7 @@ def test_a_comment_or_docstring_reruns_nothing(finished, module):
     ("dataset.py", AFTER_DATASET),
     ("train.py", {"train:run=lora"} | AFTER_MERGE),
     ("merge.py", AFTER_MERGE),
-    ("serve.py", ALL_TASKS | {"curation_report", "gguf:model=lora"} | AFTER_DATASET),  # collect reaches serve
+    ("serve.py", ALL_TASKS | {"curation_report", "gguf:model=lora", "evaluate:model=base"} | AFTER_DATASET),
     ("curate.py", {f"curate:task={t}" for t in RERUN_TASKS} | AFTER_CURATE),
     ("evaluate.py", EVALUATE),
 ], ids=lambda value: value if isinstance(value, str) else None)

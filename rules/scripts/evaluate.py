@@ -16,7 +16,6 @@ evaluate_to_files(
     samples=params.samples,
     max_error_rate=untracked_settings(config, "evaluate", "max_error_rate"),
     model=model,
-    loss_path=snakemake.input.loss or None,
     results_path=snakemake.output.results,
     summary_path=snakemake.output.summary,
     reordered_path=snakemake.output.reordered,

@@ -11,6 +11,7 @@ metrics = [Path(d) / "metrics.jsonl" for d in snakemake.input.adapters]
 build_report(
     summaries=snakemake.input.summaries,
     results=snakemake.input.results,
+    losses=snakemake.input.losses,
     metrics=[str(p) for p in metrics if p.is_file()],
     curation=snakemake.input.curation,
     dataset=snakemake.input.dataset,

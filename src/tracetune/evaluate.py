@@ -279,10 +279,11 @@ def check_failures(traces: list[dict], max_error_rate: float) -> None:
 
 
 def evaluate_to_files(taskfile, endpoint, settings, *, samples: int, max_error_rate: float,
-                      model: str, loss_path: str | None, results_path: str, summary_path: str,
+                      model: str, results_path: str, summary_path: str,
                       reordered_path: str, reorder: bool = False, system_prompt: bool = True) -> dict:
     """The evaluate rule: traces to results.jsonl (and, with `reorder`, the reversed-tool-list
-    runs to reordered_path), scores plus the held-out loss to summary.json. Files are written only
+    runs to reordered_path), scores to summary.json (the held-out loss is a job of its own,
+    tracetune.evaluate.heldout_loss, so the two run side by side). Files are written only
     after everything succeeded. Without `system_prompt` the tasks are put as training rows put
     them when curation drops the collection's guiding system prompt."""
     if not system_prompt:
@@ -291,7 +292,6 @@ def evaluate_to_files(taskfile, endpoint, settings, *, samples: int, max_error_r
     check_failures(traces + reordered, max_error_rate)
     summary = {"model": model, "served_model": endpoint.model, "samples": samples} | score_traces(traces, taskfile.tasks)
     summary["reordered"] = reorder_effect(summary, score_traces(reordered, taskfile.tasks)) if reorder else None
-    summary["heldout_loss"] = json.loads(Path(loss_path).read_text()) if loss_path else None
     write_jsonl(results_path, traces)
     write_jsonl(reordered_path, reordered)
     write_json(summary_path, summary)

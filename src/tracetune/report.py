@@ -39,7 +39,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
             if isinstance(m.get("step"), (int, float)) and isinstance(m.get("loss"), (int, float))]
 
 
-def load_inputs(summaries, results, metrics=(), curation=None, dataset=None) -> dict:
+def load_inputs(summaries, results, metrics=(), curation=None, dataset=None, losses=()) -> dict:
     data = {
         "summaries": {model_of(p): read_json(p) for p in summaries},
         "results": {model_of(p): [t for _, t in read_jsonl(p)] for p in results},
@@ -49,6 +49,8 @@ def load_inputs(summaries, results, metrics=(), curation=None, dataset=None) -> 
     }
     if not data["summaries"]:
         raise InputError("report: no evaluation summaries given")
+    for path in losses:  # data/eval/{model}/loss.json, made beside the evaluation
+        data["summaries"][model_of(path)]["heldout_loss"] = read_json(path)
     return data
 
 
@@ -343,10 +345,10 @@ def render_markdown(ctx: dict, figure_files: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def build_report(*, summaries, results, metrics=(), curation=None, dataset=None, baseline="base",
+def build_report(*, summaries, results, metrics=(), curation=None, dataset=None, losses=(), baseline="base",
                  html_path, md_path, figure_paths: dict[str, str], title="tracetune evaluation") -> dict:
     """The report rule: read everything, then write the figures, report.md and report.html."""
-    data = load_inputs(summaries, results, metrics, curation, dataset)
+    data = load_inputs(summaries, results, metrics, curation, dataset, losses)
     ctx = context(data, baseline, title)
     pngs = figures(ctx["models"], data)
     for name, path in figure_paths.items():
