@@ -10,6 +10,10 @@ set -euo pipefail
 VENV=${1:?usage: install-llama-cpp.sh VENV}
 VERSION=0.3.36  # llama-cpp-python, whose vendor/llama.cpp is the source built here
 JOBS=$(nproc)
+for tool in cmake c++; do
+    command -v "$tool" >/dev/null || { echo "install-llama-cpp: $tool not found (Debian: apt install cmake g++)" >&2; exit 1; }
+done
+GENERATOR=$(command -v ninja >/dev/null && echo Ninja || echo "Unix Makefiles")
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -17,7 +21,7 @@ trap 'rm -rf "$work"' EXIT
 tar -xzf "$work"/llama_cpp_python-$VERSION.tar.gz -C "$work"
 src="$work/llama_cpp_python-$VERSION/vendor/llama.cpp"
 
-cmake -S "$src" -B "$work/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+cmake -S "$src" -B "$work/build" -G "$GENERATOR" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
     -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
     -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
     -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON >"$work/cmake.log" \
