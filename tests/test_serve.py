@@ -50,6 +50,16 @@ def shared_gguf(bundled_gguf_model, tmp_path_factory):
     stop_shared_servers(state_dir)
 
 
+# A stored trace with reasoning, a tool call and its result, ending in an answer.
+CONVERSATION = [
+    {"role": "system", "content": "You are a shop assistant."},
+    {"role": "user", "content": "How much is the blue widget?"},
+    {"role": "assistant", "content": "", "reasoning_content": "Look up the price.",
+     "tool_calls": [{"id": "call_1_0", "type": "function",
+                     "function": {"name": "get_price", "arguments": '{"item": "blue widget"}'}}]},
+    {"role": "tool", "tool_call_id": "call_1_0", "name": "get_price", "content": "12.50"},
+    {"role": "assistant", "content": "The blue widget costs $12.50.", "reasoning_content": "Answer."},
+]
 ENGINES = pytest.mark.parametrize("server", ["shared_gguf", "shared"])  # llama.cpp, transformers serve
 
 
@@ -67,16 +77,7 @@ def test_chat_completion_through_openai(server, request):
 def test_stored_trace_is_replayed_unchanged(server, request):
     """All but the last assistant turn of a raw trace, as stored, is a valid request."""
     served, _ = request.getfixturevalue(server)
-    messages = [
-        {"role": "system", "content": "You are a shop assistant."},
-        {"role": "user", "content": "How much is the blue widget?"},
-        {"role": "assistant", "content": "", "reasoning_content": "Look up the price.",
-         "tool_calls": [{"id": "call_1", "type": "function",
-                         "function": {"name": "get_price", "arguments": '{"item": "blue widget"}'}}]},
-        {"role": "tool", "tool_call_id": "call_1", "name": "get_price", "content": "12.50"},
-        {"role": "assistant", "content": "The blue widget costs $12.50.", "reasoning_content": "Answer."},
-    ]
-    trace = json.loads(json.dumps({"tools": TOOLS, "messages": messages}))  # as read back from JSONL
+    trace = json.loads(json.dumps({"tools": TOOLS, "messages": CONVERSATION}))  # as read back from JSONL
     body = {"model": served.model, "max_tokens": 8, "tools": trace["tools"], "messages": trace["messages"][:-1]}
     client = openai.OpenAI(base_url=served.base_url, api_key="unused")
     response = client.chat.completions.with_raw_response.create(**body)
@@ -93,16 +94,7 @@ def test_llama_cpp_renders_the_prompt_training_rendered(shared_gguf, bundled_mod
     from transformers import AutoTokenizer
 
     served, _ = shared_gguf
-    messages = [
-        {"role": "system", "content": "You are a shop assistant."},
-        {"role": "user", "content": "How much is the blue widget, and is it in stock?"},
-        {"role": "assistant", "content": "", "reasoning_content": "Price first, then stock.",
-         "tool_calls": [{"id": "call_1_0", "type": "function",
-                         "function": {"name": "get_price", "arguments": '{"item": "blue widget"}'}}]},
-        {"role": "tool", "tool_call_id": "call_1_0", "name": "get_price", "content": "12.50"},
-        {"role": "assistant", "content": "It costs $12.50.", "reasoning_content": "Answer."},
-        {"role": "user", "content": "Thanks! Ünïcödé too?"},
-    ]
+    messages = CONVERSATION + [{"role": "user", "content": "Thanks! Ünïcödé too?"}]
     body = json.dumps({"messages": messages, "tools": TOOLS}).encode()
     url = served.base_url.removesuffix("/v1") + "/apply-template"
     request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})

@@ -50,10 +50,9 @@ def _imported(path: Path) -> set[Path]:
             module = _module_path(name)
             if module is not None:
                 found.add(module)
-    if path.parent != PACKAGE and (PACKAGE / "__init__.py").is_file():
-        init = path.parent / "__init__.py"  # a subpackage's module runs its package's __init__
-        if init.is_file() and init != path:
-            found.add(init)
+    init = path.parent / "__init__.py"  # a subpackage's module runs its package's __init__
+    if path.parent != PACKAGE and path.parent.is_relative_to(PACKAGE) and init.is_file() and init != path:
+        found.add(init)
     return found
 
 
