@@ -66,18 +66,21 @@ def run_plain_peft(data: Path, base: str) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tracetune.backends.peft_lora import lora_config, weights_dtype
-    from tracetune.train import DEFAULTS, build_sequences
+    from tracetune.config import section_settings
+    from tracetune.train import build_sequences
+
+    settings = section_settings("train")  # the schema's defaults
 
     rows = pl.read_parquet(data).to_dicts()
     tokenizer = AutoTokenizer.from_pretrained(base)
-    examples, _ = build_sequences(rows, tokenizer, DEFAULTS["max_seq_len"], merge_traces=False)
+    examples, _ = build_sequences(rows, tokenizer, settings["max_seq_len"], merge_traces=False)
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     model = AutoModelForCausalLM.from_pretrained(base, dtype=weights_dtype()).to(device)  # as the rule loads it
     torch.manual_seed(0)
-    model = get_peft_model(model, lora_config(DEFAULTS))
+    model = get_peft_model(model, lora_config(settings))
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=DEFAULTS["learning_rate"])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings["learning_rate"])
     started = time.perf_counter()
     for example in examples:
         ids = torch.tensor([example["input_ids"]], device=device)

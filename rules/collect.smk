@@ -6,7 +6,7 @@
 rule collect:
     input:
         servers=task_server_sources,
-        endpoint=collect_endpoint,
+        served=lambda w: model_server(None, asks=bool(task_samples(w))),
     output:
         "data/traces/raw/{task}.jsonl",
     params:
@@ -15,7 +15,7 @@ rule collect:
         samples=task_samples,
         agent=collect_agent_settings,
         truncate=collect_truncate,
-        endpoint=collect_endpoint_settings,
+        endpoint=lambda w: endpoint_settings(None, asks=bool(task_samples(w))),
     conda:
         "../envs/tracetune.yaml"
     log:

@@ -2,33 +2,16 @@
 import sys
 from pathlib import Path
 
-from tracetune.config import (cached_server_tools, check_reference_tools, endpoint_path, kept_truncate, load_config,
-                              load_tasks, result_settings, task_hash)
+from tracetune.config import endpoint_path, kept_truncate, result_settings, task_hash
 from tracetune.curate import edit_paths, read_reject_ids
-from tracetune.evaluate import eval_task_ids
 from tracetune.fingerprint import code_fingerprint
 from tracetune.jsonio import InputError
-from tracetune.models import check_base_model
-from tracetune.toolsets import ToolRendering, check_task_options
+from tracetune.preflight import check_inputs
 
-
-def _validated_inputs():
-    """Validate before anything runs; a bad file stops the run with one line."""
-    try:
-        load_config(config, where="config.yaml")
-        taskfile = load_tasks(config["tasks"])
-        server_tools = cached_server_tools(taskfile, ".snakemake/tracetune")
-        check_reference_tools(taskfile, server_tools)
-        check_task_options(ToolRendering.from_config(config["dataset"]), taskfile, server_tools, "config.yaml")
-        check_base_model(config["base_model"])
-        if config["evaluate"]["models"]:
-            eval_task_ids(taskfile)
-    except InputError as e:
-        sys.exit(f"tracetune: {e}")
-    return taskfile
-
-
-TASKFILE = _validated_inputs()
+try:  # before anything runs: a bad input stops the run with one line
+    TASKFILE = check_inputs(config, ".snakemake/tracetune")
+except InputError as e:
+    sys.exit(f"tracetune: {e}")
 TASKS = TASKFILE.tasks
 
 
@@ -48,7 +31,8 @@ def raw_traces(split=None):
 
 
 def task_spec_hash(wildcards):
-    """Changes when anything that decides this task's traces changes: only that task reruns."""
+    """Changes when anything that decides this task's traces changes (not its check: curation
+    judges that): only that task reruns."""
     return task_hash(TASKS[wildcards.task], TASKFILE.servers, TASKFILE.system_prompt)
 
 
@@ -63,17 +47,30 @@ def task_server_sources(wildcards):
     return paths
 
 
-def served_model(model):
-    """The input of a job that needs `model` served by the workflow itself: the file its engine
-    serves (built first; a rebuilt model reruns the job). The job then calls
-    tracetune.serve.shared_endpoint on it."""
+# --- the model a job asks: served by the workflow, or at a configured endpoint ----------------
+# `model` is the model a job asks: None for collection (the base model, or endpoint.*), a model name
+# for evaluation (evaluate.endpoints.{model}, or the base model at endpoint.*). tracetune.config.
+# endpoint_path says which configured endpoint, if any, answers for it.
+
+
+def served_file(model):
+    """The file the workflow's own server loads for `model`: the GGUF for llama.cpp, the model
+    directory for `transformers serve`. A rebuilt model reruns the jobs that ask it."""
     if config["serve"]["engine"] == "llama.cpp":
         return f"data/gguf/{model}.gguf"
     return f"data/models/{model}"
 
 
-def uses_local_endpoint():
-    return not config["endpoint"]["base_url"]
+def model_server(model, asks=True):
+    """Input of a job that asks `model` (when it `asks` at all): the served file, unless a configured
+    endpoint answers for it. The job's script passes it to tracetune.agent.resolve_endpoint."""
+    return served_file(model or "base") if asks and endpoint_path(config, model) is None else []
+
+
+def endpoint_settings(model, asks=True):
+    """Params of a job that asks `model` at a configured endpoint: its base_url and model name."""
+    path = endpoint_path(config, model)
+    return result_settings(config, *path) if asks and path else {}
 
 
 # Params carry result settings only (tracetune.config.result_settings; the schemas mark the rest),
@@ -83,17 +80,6 @@ def uses_local_endpoint():
 def task_samples(wildcards):
     """Model samples collected for this task (besides its reference plan)."""
     return TASKS[wildcards.task].get("samples", config["collect"]["samples"])
-
-
-def collect_endpoint(wildcards):
-    """The locally served base model, only when this task has model samples to collect."""
-    return served_model("base") if task_samples(wildcards) and uses_local_endpoint() else []
-
-
-def collect_endpoint_settings(wildcards):
-    """base_url and model of a configured endpoint, only for tasks with model samples to collect."""
-    path = endpoint_path(config)
-    return result_settings(config, *path) if path and task_samples(wildcards) else {}
 
 
 def agent_settings():
@@ -154,18 +140,6 @@ def tuned_models():
     return [m for m in eval_models() if m != config["report"]["baseline"]]
 
 
-def eval_endpoint(wildcards):
-    """The served model, unless this model has a configured endpoint (tracetune.config.endpoint_path:
-    evaluate.endpoints.{model}; base is evaluated where it was collected from when endpoint.base_url is set)."""
-    return [] if endpoint_path(config, wildcards.model) else served_model(wildcards.model)
-
-
-def eval_endpoint_settings(wildcards):
-    """base_url and model of this model's configured endpoint; {} for a served model."""
-    path = endpoint_path(config, wildcards.model)
-    return result_settings(config, *path) if path else {}
-
-
 def reorder_check(wildcards):
     """The reversed-tool-list run checks tuned models; on the baseline it would only cost time."""
     return result_settings(config, "evaluate", "reorder_check") and wildcards.model != config["report"]["baseline"]
@@ -188,8 +162,9 @@ def eval_truncate(wildcards):
 
 
 def eval_spec():
-    """Changes when an eval task or its servers change: then every model is evaluated again."""
-    return {t: task_hash(TASKS[t], TASKFILE.servers, TASKFILE.system_prompt) for t in task_ids("eval")}
+    """Changes when an eval task (its check included) or its servers change: then every model is
+    evaluated again."""
+    return {t: task_hash(TASKS[t], TASKFILE.servers, TASKFILE.system_prompt, judged=True) for t in task_ids("eval")}
 
 
 def report_targets():

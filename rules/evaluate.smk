@@ -24,7 +24,7 @@ rule eval_loss:
 
 rule evaluate:
     input:
-        endpoint=eval_endpoint,
+        served=lambda w: model_server(w.model),
     output:
         results="data/eval/{model}/results.jsonl",
         summary="data/eval/{model}/summary.json",
@@ -36,7 +36,7 @@ rule evaluate:
         truncate=eval_truncate,
         samples=result_settings(config, "evaluate", "samples"),
         reorder=reorder_check,
-        endpoint=eval_endpoint_settings,
+        endpoint=lambda w: endpoint_settings(w.model),
         system_prompt=result_settings(config, "curate", "keep_system_prompt"),  # as the tuned model was trained
     conda:
         "../envs/tracetune.yaml"

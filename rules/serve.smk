@@ -1,8 +1,8 @@
 # The base model, prepared once into data/models/base/; GGUF copies of models for llama.cpp
 # (data/gguf/{model}.gguf); and the run's own model servers.
 #
-# A job that talks to a model the workflow serves itself declares `served_model(model)`
-# (common.smk) as an input and calls tracetune.serve.shared_endpoint(that path): the first such
+# A job that talks to a model the workflow serves itself declares `model_server(model)`
+# (common.smk) as its `served` input and calls tracetune.serve.shared_endpoint(that path): the first such
 # job of the run starts the server (llama.cpp for a GGUF, `transformers serve` for a directory)
 # on a free loopback port, every other job reuses it, and the handlers below stop every server
 # when the run ends, also on failure or Ctrl-C. (Snakemake's service() outputs are not used:

@@ -22,14 +22,8 @@ class PriceBox:
     def __init__(self):
         self.calls = []
 
-    def has_tool(self, name):
-        return name == "get_price"
-
     def openai_name(self, name):
         return name
-
-    def parameters(self, name):
-        return PRICE_TOOL["function"]["parameters"]
 
     async def call(self, name, arguments):
         self.calls.append(arguments)
@@ -198,7 +192,7 @@ def test_reference_replay_uses_real_tool_outputs():
         {"answer": "It costs 12.50."},
         {"tool": "get_price", "arguments": {"item": "ghost"}},
         {"answer": "There is no ghost widget."}]}
-    trace = asyncio.run(replay_reference(PriceBox(), task, "be brief"))
+    trace = asyncio.run(replay_reference(PriceBox(), task, [PRICE_TOOL], "be brief"))
     assert [m["role"] for m in trace["messages"]] == [
         "system", "user", "assistant", "tool", "assistant", "user", "assistant", "tool", "assistant"]
     assert trace["messages"][2]["reasoning_content"] == "look it up"

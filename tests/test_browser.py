@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tracetune.agent import Settings
+from tracetune.checks import verdict
 from tracetune.collect import acollect
 from tracetune.config import load_tasks
 from tracetune.mcp_client import ToolBox
@@ -73,7 +74,8 @@ def test_collect_reference_traces_end_to_end(taskfile):
     traces = asyncio.run(acollect(taskfile, taskfile.ids(), None, settings))
     for task_id, (trace,) in traces.items():
         assert trace["outcome"]["status"] == "answered", (task_id, trace["outcome"])
-        assert trace["check"]["passed"], (task_id, trace["check"])
+        judged = verdict(taskfile.tasks[task_id]["check"], trace)
+        assert judged["passed"], (task_id, judged)
         errors = [m["content"] for m in trace["messages"] if m.get("tool_call_id") in trace["tool_errors"]]
         assert not errors, (task_id, errors)
         snapshots = [m["content"] for m in trace["messages"] if m["role"] == "tool" and m["name"] == "browser_snapshot"]

@@ -12,9 +12,11 @@ import pytest
 from fakes import FakeEndpoint, first_tool_then_answer, tool_then_answer
 from tracetune.agent import Endpoint, Settings
 from tracetune.config import load_tasks
-from tracetune.evaluate import (check_failures, evaluate_to_files, heldout_loss, percentile, score_traces,
+from tracetune.evaluate import (check_failures, evaluate_to_files, percentile, score_traces,
                                 tool_call_validity, tool_selection, wilson_interval)
+from tracetune.heldout import heldout_loss
 from tracetune.jsonio import InputError, read_jsonl
+from tracetune.parsing import normalize_assistant
 from tracetune.serve import free_port
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
@@ -77,13 +79,10 @@ def test_tool_call_validity_single_calls(name, arguments, problem):
     assert validity["known_tool"] == (problem not in ("bad_json", "unknown_tool"))
 
 
-def test_tool_call_validity_counts_agent_recorded_invalid_calls():
+def test_an_unreadable_tool_call_block_counts_as_a_bad_call():
     trace = traces("lora")[0]
-    trace["invalid_calls"] = [{"tool_call_id": "c1", "reason": "arguments do not match the schema: x"},
-                              {"tool_call_id": "gone", "reason": "unparsable <tool_call> block"}]
-    validity = tool_call_validity(trace)
-    assert validity["calls"] == 2 and validity["valid"] == 0
-    assert validity["problems"] == {"agent:arguments do not match the schema": 1, "agent:unparsable <tool_call> block": 1}
+    trace["messages"][1] = normalize_assistant({"content": "<tool_call>{get_price: blue}</tool_call>"}, "c")
+    assert tool_call_validity(trace)["problems"] == {"bad_json": 1}
 
 
 def test_trace_without_calls_has_no_validity_problems():
@@ -232,7 +231,9 @@ def test_heldout_loss_is_the_mean_over_completion_tokens(tiny_model, tmp_path):
              "completion": "It costs 12.50.<|im_end|>"},
             {"id": "b", "prompt": "<|im_start|>user\nwidget?<|im_end|>\n<|im_start|>assistant\n",
              "completion": "12.50<|im_end|>"}]
-    pl.DataFrame(rows).write_parquet(tmp_path / "eval.parquet")
+    pl.DataFrame([{"id": r["id"], "trace_id": r["id"], "text": r["prompt"] + r["completion"],
+                   "loss_start": len(r["prompt"]), "loss_end": len(r["prompt"] + r["completion"])}
+                  for r in rows]).write_parquet(tmp_path / "eval.parquet")
     got = heldout_loss(str(tiny_model), str(tmp_path / "eval.parquet"))
 
     # The same number by the library's own loss: labels masked to the completion's tokens.
@@ -262,8 +263,9 @@ def test_heldout_loss_rejects_a_directory_that_is_not_a_model(tmp_path):
 def test_heldout_loss_names_a_row_without_loss_region(tiny_model, tmp_path):
     import polars as pl
 
-    pl.DataFrame([{"id": "r1", "text": "hello"}]).write_parquet(tmp_path / "eval.parquet")
-    with pytest.raises(InputError, match=r"eval.parquet: row 'r1': no loss region"):
+    pl.DataFrame([{"id": "r1", "trace_id": "t", "text": "hello", "loss_start": 3, "loss_end": 9}]).write_parquet(
+        tmp_path / "eval.parquet")
+    with pytest.raises(InputError, match=r"eval.parquet: row r1: loss_start/loss_end: not a span inside text"):
         heldout_loss(str(tiny_model), str(tmp_path / "eval.parquet"))
 
 

@@ -196,14 +196,14 @@ def test_crash_restarts_once_then_errors(fixture_spec, tmp_path):
     run(scenario())
 
 
-def test_allowlist_and_has_tool(fixture_spec):
+def test_allowlist_limits_what_resolves(fixture_spec):
     async def scenario():
         async with ToolBox({"fx": fixture_spec}) as tb:
-            assert tb.has_tool("hang")  # nothing offered yet: every tool
+            assert tb.resolve("hang")  # nothing offered yet: every tool
             tools = tb.openai_tools(["fx"], ["echo", "fail"])
             assert [t["function"]["name"] for t in tools] == ["echo", "fail"]
-            assert tb.has_tool("echo") and not tb.has_tool("hang")
-            assert tb.parameters("echo")["required"] == ["text"]
+            assert tb.resolve("echo") and tb.resolve("hang") is None
+            assert tools[0]["function"]["parameters"]["required"] == ["text"]
             assert tb.openai_tools(["other"]) == []
             with pytest.raises(ValueError, match="no_such_tool"):
                 tb.openai_tools(None, ["echo", "no_such_tool"])

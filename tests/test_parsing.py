@@ -1,8 +1,11 @@
-"""Reasoning and tool calls recovered from structured fields or from inside the content."""
+"""Reasoning and tool calls recovered from structured fields or from inside the content, and the
+one rule of a call's validity that every stage applies."""
 
 import json
 
-from tracetune.parsing import normalize_assistant, split_reasoning, split_tool_calls
+import pytest
+
+from tracetune.parsing import normalize_assistant, split_reasoning, split_tool_calls, tool_call_problem, tool_schemas
 
 
 def test_structured_fields_kept_with_ids_of_our_own():
@@ -44,3 +47,48 @@ def test_broken_block_is_kept_as_malformed_call():
     calls, rest = split_tool_calls('<tool_call>{"name": "f", "arguments": {oops}</tool_call>')
     assert calls == [{"type": "function", "function": {"name": "", "arguments": '{"name": "f", "arguments": {oops}'}}]
     assert rest == ""
+
+
+# --- one rule of a tool call's validity, applied alike by the agent, curation and evaluation -----
+
+SCHEMA = {"type": "object", "properties": {"item": {"type": "string"}}, "required": ["item"],
+          "additionalProperties": False}
+TOOLS = [{"type": "function", "function": {"name": "get_price", "description": "", "parameters": SCHEMA}},
+         {"type": "function", "function": {"name": "broken", "description": "",
+                                           "parameters": {"type": "object", "required": 3}}}]
+CALLS = [  # (name, arguments, problem kind)
+    ("get_price", '{"item": "blue"}', None),
+    ("get_price", '{"item": "blue"', "bad_json"),
+    ("get_price", "[1, 2]", "bad_json"),
+    ("get_price", "", "schema"),  # no arguments is {}: the schema wants item
+    ("get_price", '{"item": 3}', "schema"),
+    ("get_price", '{"item": "x", "colour": "blue"}', "schema"),
+    ("lookup_price", '{"item": "blue"}', "unknown_tool"),
+    ("", "{get_price: blue}", "bad_json"),  # an unreadable Hermes block
+    ("broken", '{"a": 1}', None),  # the server's schema is broken, not the call
+]
+
+
+@pytest.mark.parametrize("name, arguments, kind", CALLS)
+def test_every_stage_judges_a_call_alike(name, arguments, kind):
+    import asyncio
+
+    from tracetune.agent import Recorder
+    from tracetune.curate import invalid_tool_call
+    from tracetune.evaluate import tool_call_validity
+
+    problem = tool_call_problem({"name": name, "arguments": arguments}, tool_schemas(TOOLS))
+    assert getattr(problem, "kind", None) == kind
+
+    class Box:  # reached only by valid calls
+        async def call(self, name, arguments):
+            return type("Result", (), {"is_error": False, "length": 2, "content": "ok"})()
+
+    call = {"id": "c0", "type": "function", "function": {"name": name, "arguments": arguments}}
+    recorder = Recorder([{"role": "assistant", "content": "", "tool_calls": [call]}], TOOLS)
+    asyncio.run(recorder.run_tool_call(Box(), call))
+    trace = recorder.outcome("answered") | {"tools": TOOLS}
+    agent_says = [c["reason"] for c in trace["invalid_calls"]]
+    assert agent_says == ([problem.message] if problem else [])
+    assert invalid_tool_call(trace) == (f"c0: {name}: {problem.message}" if problem else None)
+    assert tool_call_validity(trace)["problems"] == ({kind: 1} if kind else {})

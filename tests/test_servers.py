@@ -197,13 +197,14 @@ def test_every_reference_plan_passes_its_check(tmp_path):
     async def fresh(task, limit):
         async with limit:
             async with ToolBox({s: servers[s] for s in task["servers"]}, tool_timeout_s=30) as box:
-                box.openai_tools(task["servers"], task.get("tools"))
-                return [(task["id"], await replay_reference(box, task, taskfile.system_prompt))]
+                tools = box.openai_tools(task["servers"], task.get("tools"))
+                return [(task["id"], await replay_reference(box, task, tools, taskfile.system_prompt))]
 
     async def shared(combination, tasks, limit):
         async with limit:
             async with ToolBox({s: servers[s] for s in combination}, tool_timeout_s=30) as box:
-                return [(t["id"], await replay_reference(box, t, taskfile.system_prompt)) for t in tasks]
+                return [(t["id"], await replay_reference(box, t, box.openai_tools(t["servers"], t.get("tools")),
+                                                         taskfile.system_prompt)) for t in tasks]
 
     async def replay_all():
         limit = asyncio.Semaphore(4)

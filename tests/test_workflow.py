@@ -124,8 +124,8 @@ def test_reference_step_with_a_tool_the_server_lacks(tmp_path):
     ({"endpoint": {"base_url": "not a url"}}, True, "tracetune: config.yaml: endpoint.base_url: 'not a url' does not match"),
     ({"evaluate": {"endpoints": {"lora": {"base_url": "gpu-node:8000"}}}}, True,
      "tracetune: config.yaml: evaluate.endpoints.lora.base_url: 'gpu-node:8000' does not match"),
-    ({"base_model": "bundled:nope"}, True, "tracetune: config: base_model: unknown bundled model 'nope'"),
-    ({"base_model": "/nonexistent/model"}, True, "tracetune: config: base_model: /nonexistent/model does not exist"),
+    ({"base_model": "bundled:nope"}, True, "tracetune: config.yaml: base_model: unknown bundled model 'nope'"),
+    ({"base_model": "/nonexistent/model"}, True, "tracetune: config.yaml: base_model: /nonexistent/model does not exist"),
     ({"dataset": {"distractor_tools": 9}}, True,
      "tracetune: config.yaml: task 'price-kettle': dataset.distractor_tools: 9 asked for, but only 1 tool(s) of other servers exist"),
     ({"dataset": {"shuffle_tools": False, "renderings": 2}}, True,
@@ -279,6 +279,28 @@ def test_operational_setting_reruns_nothing(finished, key):
     assert planned_after(finished, {key: OPERATIONAL[key]}) == set()
 
 
+def planned_after_task_edit(wf: Path, task_id: str, edit) -> set[str]:
+    """The jobs a dry run plans with one task of tasks.yaml edited; the file is restored."""
+    path = wf / "tasks.yaml"
+    original = path.read_text()
+    doc = yaml.safe_load(original)
+    edit(next(t for t in doc["tasks"] if t["id"] == task_id))
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    try:
+        return set(planned_jobs(wf))
+    finally:
+        path.write_text(original)
+
+
+def test_a_changed_check_is_judged_again_not_collected_again(finished):
+    def stricter(task):
+        task["check"]["contains"] = [*task["check"].get("contains", []), "teapot"]
+
+    assert planned_after_task_edit(finished, "stock-teapot", stricter) == {"curate:task=stock-teapot"} | AFTER_CURATE
+    assert planned_after_task_edit(finished, "eval-price-chefs-knife", stricter) == (
+        {"curate:task=eval-price-chefs-knife", "evaluate:model=base"} | AFTER_CURATE)
+
+
 def test_target_settings_rerun_nothing_already_built(finished):
     shutil.copy(finished / "tasks.yaml", finished / "tasks-copy.yaml")
     assert planned_after(finished, {"tasks": "tasks-copy.yaml"}) == set()
@@ -307,7 +329,7 @@ def test_result_setting_reruns_exactly_what_it_changes(finished, changes, planne
 # A code change reruns the rules whose scripts reach the module through imports
 # (tracetune.fingerprint), and only when behaviour changes: comments and docstrings rerun nothing.
 ALL_TASKS = {f"{rule}:task={t}" for rule in ("collect", "curate") for t in RERUN_TASKS}
-EVALUATE = {"evaluate:model=base", "evaluate:model=lora", "eval_loss:model=base", "eval_loss:model=lora", "report", "all"}
+EVALUATE = {"evaluate:model=base", "evaluate:model=lora", "report", "all"}
 
 
 def planned_after_code_change(wf: Path, module: str, edit) -> set[str]:
@@ -321,19 +343,36 @@ def planned_after_code_change(wf: Path, module: str, edit) -> set[str]:
         path.write_text(original)
 
 
-@pytest.mark.parametrize("module", ["checks.py", "report.py", "train.py", "serve.py", "dataset.py", "merge.py"])
+@pytest.mark.parametrize("module", ["checks.py", "parsing.py", "rows.py", "report.py", "train.py", "serve.py",
+                                    "dataset.py", "merge.py"])
 def test_a_comment_or_docstring_reruns_nothing(finished, module):
     assert planned_after_code_change(finished, module, lambda source: source + "\n# a note for readers\n") == set()
     assert planned_after_code_change(finished, module, lambda source: source.replace('"""', '"""Reworded. ', 1)) == set()
 
 
+CURATE_ALL = {f"curate:task={t}" for t in RERUN_TASKS} | AFTER_CURATE
+
+
 @pytest.mark.parametrize("module, planned", [
+    ("checks.py", CURATE_ALL | EVALUATE),  # verdicts are judged where they are used: no collection
+    ("parsing.py", ALL_TASKS | AFTER_CURATE | EVALUATE),  # the agent's parser and every stage's call rule
+    ("rows.py", AFTER_DATASET),  # the loss region of the dataset, training and held-out loss
+    ("heldout.py", {"eval_loss:model=base", "eval_loss:model=lora", "report", "all"}),
+    ("mcp_client.py", ALL_TASKS | AFTER_CURATE | EVALUATE),
+    ("agent.py", ALL_TASKS | AFTER_CURATE | EVALUATE),
+    ("collect.py", ALL_TASKS | AFTER_CURATE | EVALUATE),
+    ("config.py", ALL_TASKS | AFTER_CURATE | EVALUATE),
+    ("toolsets.py", AFTER_DATASET),
+    ("preflight.py", set()),  # checks before the run: no job's output depends on it
+    ("fingerprint.py", set()),
+    ("importers.py", set()),  # `tracetune import`: its traces are inputs of their own
+    ("cli.py", set()),
     ("report.py", {"report", "all"}),
     ("dataset.py", AFTER_DATASET),
     ("train.py", {"train:run=lora"} | AFTER_MERGE),
     ("merge.py", AFTER_MERGE),
     ("serve.py", ALL_TASKS | {"curation_report", "gguf:model=lora", "evaluate:model=base"} | AFTER_DATASET),
-    ("curate.py", {f"curate:task={t}" for t in RERUN_TASKS} | AFTER_CURATE),
+    ("curate.py", CURATE_ALL),
     ("evaluate.py", EVALUATE),
 ], ids=lambda value: value if isinstance(value, str) else None)
 def test_a_behaviour_change_reruns_the_rules_that_import_it(finished, module, planned):

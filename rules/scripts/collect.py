@@ -12,7 +12,7 @@ collect_to_file(
     load_tasks(untracked_settings(config, "tasks")),
     snakemake.wildcards.task,
     snakemake.output[0],
-    resolve_endpoint(params.endpoint | untracked_settings(config, "endpoint"), snakemake.input.endpoint),
+    resolve_endpoint(params.endpoint | untracked_settings(config, "endpoint"), snakemake.input.served),
     Settings.from_config(params.agent | {"truncate": params.truncate} | untracked_settings(config, "collect")),
     default_samples=params.samples,
 )

@@ -2,7 +2,7 @@ from tracetune.logs import log_to
 
 log_to(snakemake.log[0])
 
-from tracetune.evaluate import heldout_loss_to_file
+from tracetune.heldout import heldout_loss_to_file
 
 loss = snakemake.params.loss
 heldout_loss_to_file(

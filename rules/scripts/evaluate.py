@@ -11,7 +11,7 @@ params, config, model = snakemake.params, snakemake.config, snakemake.wildcards.
 endpoint = params.endpoint | untracked_settings(config, *(endpoint_path(config, model) or ("endpoint",)))
 evaluate_to_files(
     load_tasks(untracked_settings(config, "tasks")),
-    resolve_endpoint(endpoint, snakemake.input.endpoint),
+    resolve_endpoint(endpoint, snakemake.input.served),
     Settings.from_config(params.settings | {"truncate": params.truncate} | untracked_settings(config, "collect")),
     samples=params.samples,
     max_error_rate=untracked_settings(config, "evaluate", "max_error_rate"),

@@ -8,9 +8,8 @@ import os
 import time
 from dataclasses import dataclass
 
-import jsonschema
-
-from tracetune.parsing import normalize_assistant
+from tracetune.config import section_settings
+from tracetune.parsing import call_arguments, normalize_assistant, tool_call_problem, tool_schemas
 
 log = logging.getLogger(__name__)
 
@@ -23,13 +22,16 @@ class EndpointError(RuntimeError):
     """The model server does not answer at all: one line, before any task runs."""
 
 
+_ENDPOINT = section_settings("endpoint")  # the schema's defaults
+
+
 @dataclass(frozen=True)
 class Endpoint:
     base_url: str
     model: str
-    api_key_env: str = ""
-    timeout_s: float | None = None  # per request; None: sized from the server's measured speed
-    max_retries: int = 4
+    api_key_env: str = _ENDPOINT["api_key_env"]
+    timeout_s: float | None = _ENDPOINT["timeout_s"]  # per request; None: sized from the server's measured speed
+    max_retries: int = _ENDPOINT["max_retries"]
 
     def client(self) -> "openai.AsyncOpenAI":
         # The openai client retries 429, 5xx, connection errors and timeouts with backoff.
@@ -74,15 +76,19 @@ async def request_timeout(client: "openai.AsyncOpenAI", endpoint: Endpoint, sett
     return timeout
 
 
+_COLLECT = section_settings("collect")  # the schema's defaults
+
+
 @dataclass(frozen=True)
 class Settings:
-    temperature: float = 0.7
-    seed: int = 0
-    max_turns: int = 8
-    max_tokens: int = 512
-    concurrency: int = 8
-    truncate: int = 4000
-    tool_timeout_s: float = 30
+    """How the agent runs: the collect section (evaluation passes its own temperature)."""
+    temperature: float = _COLLECT["temperature"]
+    seed: int = _COLLECT["seed"]
+    max_turns: int = _COLLECT["max_turns"]
+    max_tokens: int = _COLLECT["max_tokens"]
+    concurrency: int = _COLLECT["concurrency"]
+    truncate: int = _COLLECT["truncate"]
+    tool_timeout_s: float = _COLLECT["tool_timeout_s"]
 
     @classmethod
     def from_config(cls, collect: dict) -> "Settings":
@@ -93,8 +99,9 @@ class Recorder:
     """Builds one trace: messages, tool errors, invalid calls, usage, timings and the length of
     the longest tool result before any cut (so a changed `truncate` reruns only what it changes)."""
 
-    def __init__(self, messages: list[dict]):
+    def __init__(self, messages: list[dict], tools: list[dict]):
         self.messages = messages
+        self.schemas = tool_schemas(tools)  # only offered tools may be called
         self.tool_errors: list[str] = []
         self.invalid_calls: list[dict] = []
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
@@ -108,29 +115,16 @@ class Recorder:
             self.usage["completion_tokens"] += usage.completion_tokens or 0
 
     async def run_tool_call(self, toolbox, call: dict) -> None:
-        """Execute one call; a malformed one is answered with a tool error the model can read."""
-        name, raw_args = call["function"]["name"], call["function"]["arguments"]
-        problem, arguments = None, None
-        try:
-            arguments = json.loads(raw_args) if raw_args.strip() else {}
-            if not isinstance(arguments, dict):
-                problem = "arguments must be a JSON object"
-        except json.JSONDecodeError as e:
-            problem = f"arguments are not valid JSON ({e.msg})"
-        if problem is None and not toolbox.has_tool(name):
-            problem = f"unknown tool {name!r}"
-        if problem is None:
-            try:
-                jsonschema.validate(arguments, toolbox.parameters(name))
-            except jsonschema.ValidationError as e:
-                problem = f"arguments do not match the schema: {e.message}"
+        """Execute one call; an invalid one is answered with a tool error the model can read."""
+        name = call["function"]["name"]
+        problem = tool_call_problem(call["function"], self.schemas)
         if problem is not None:
-            self.invalid_calls.append({"tool_call_id": call["id"], "reason": problem})
+            self.invalid_calls.append({"tool_call_id": call["id"], "reason": problem.message})
             self.tool_errors.append(call["id"])
-            content = f"Error: {problem}"
+            content = f"Error: {problem.message}"
         else:
             start = time.perf_counter()
-            result = await toolbox.call(name, arguments)
+            result = await toolbox.call(name, call_arguments(call["function"]["arguments"]))
             self.tools_s += time.perf_counter() - start
             if result.is_error:
                 self.tool_errors.append(call["id"])
@@ -157,10 +151,7 @@ def sendable(messages: list[dict]) -> list[dict]:
     object. Such a call is sent with empty arguments; its tool message already says what was wrong,
     and the trace keeps the raw text."""
     def readable(arguments: str) -> bool:
-        try:
-            return isinstance(json.loads(arguments or "{}"), dict)
-        except json.JSONDecodeError:
-            return False
+        return call_arguments(arguments) is not None
 
     out = []
     for m in messages:
@@ -182,7 +173,7 @@ async def run_agent(client, endpoint: Endpoint, toolbox, task: dict, tools: list
     """Run the model on every user turn of the task until it answers, or max_turns is spent."""
     import openai
 
-    rec = Recorder(opening_messages(task, system_prompt))
+    rec = Recorder(opening_messages(task, system_prompt), tools)
     max_turns = task.get("max_turns", settings.max_turns)
     turns = 0
     try:
@@ -211,9 +202,10 @@ async def run_agent(client, endpoint: Endpoint, toolbox, task: dict, tools: list
         return rec.outcome("error", f"{type(e).__name__}: {str(e)[:300]}")
 
 
-async def replay_reference(toolbox, task: dict, system_prompt: str | None) -> dict:
-    """Replay the hand-written plan against the live servers: real tool outputs, the written answers."""
-    rec = Recorder(opening_messages(task, system_prompt))
+async def replay_reference(toolbox, task: dict, tools: list[dict], system_prompt: str | None) -> dict:
+    """Replay the hand-written plan against the live servers, offered `tools`: real tool outputs,
+    the written answers."""
+    rec = Recorder(opening_messages(task, system_prompt), tools)
     user_turns = iter(task["prompt"])
     rec.messages.append({"role": "user", "content": next(user_turns)})
     for i, step in enumerate(task["reference"]):
@@ -237,15 +229,14 @@ async def replay_reference(toolbox, task: dict, system_prompt: str | None) -> di
 def resolve_endpoint(endpoint_config: dict, served_models=()) -> Endpoint | None:
     """The configured endpoint, or the run's shared server of the model the job declared as input
     (a GGUF file or a model directory)."""
-    if endpoint_config.get("base_url"):
-        return Endpoint(endpoint_config["base_url"], endpoint_config.get("model") or "default",
-                        endpoint_config.get("api_key_env", ""), endpoint_config.get("timeout_s"),
-                        endpoint_config.get("max_retries", 4))
+    settings = section_settings("endpoint", endpoint_config)
+    if settings["base_url"]:
+        return Endpoint(settings["base_url"], settings["model"] or "default", settings["api_key_env"],
+                        settings["timeout_s"], settings["max_retries"])
     served = [served_models] if isinstance(served_models, str) else list(served_models)
     if not served:
         return None
     from tracetune.serve import shared_endpoint
 
     served = shared_endpoint(served[0])
-    return Endpoint(served.base_url, served.model, "", endpoint_config.get("timeout_s"),
-                    endpoint_config.get("max_retries", 4))
+    return Endpoint(served.base_url, served.model, "", settings["timeout_s"], settings["max_retries"])

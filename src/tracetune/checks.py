@@ -1,10 +1,12 @@
-"""Verifiable task outcomes: a task's `check` spec evaluated against a trace."""
+"""Verifiable task outcomes: a task's `check` spec evaluated against a trace.
+
+Checks are judged where a verdict is used (curation, evaluation), never stored by collection:
+editing a check, or this module, reruns no collection."""
 
 from __future__ import annotations
 
 import re
 
-CHECK_KINDS = ("contains", "regex", "tool_called", "tool_attempted", "all", "any")
 
 
 def final_answer(trace: dict) -> str:
@@ -74,3 +76,11 @@ def run_check(check: dict, trace: dict) -> tuple[bool, str]:
         else:
             raise ValueError(f"unknown check kind {kind!r}")
     return (not failures, "; ".join(failures) or "ok")
+
+
+def verdict(check: dict, trace: dict) -> dict:
+    """A trace's verdict as stored in curated and eval traces: a run that failed passes nothing."""
+    if (trace.get("outcome") or {}).get("status") == "error":
+        return {"passed": False, "detail": "error"}
+    passed, detail = run_check(check, trace)
+    return {"passed": passed, "detail": detail}

@@ -10,7 +10,6 @@ import urllib.parse
 from collections.abc import Iterable
 
 from tracetune.agent import Endpoint, Settings, replay_reference, request_timeout, run_agent
-from tracetune.checks import run_check
 from tracetune.config import TaskFile, task_hash
 from tracetune.jsonio import write_jsonl
 from tracetune.mcp_client import ToolBox
@@ -54,7 +53,7 @@ async def run_one(task: dict, taskfile: TaskFile, endpoint: Endpoint | None, set
             tools = toolbox.openai_tools(task["servers"], task.get("tools"))
             header["tools"] = tools = tools[::-1] if reverse_tools else tools
             if sample is None:
-                body = await replay_reference(toolbox, task, taskfile.system_prompt)
+                body = await replay_reference(toolbox, task, tools, taskfile.system_prompt)
             else:
                 body = await run_agent(client, endpoint, toolbox, task, tools, settings, sample, taskfile.system_prompt)
     except Exception as e:  # a server that cannot start must not stop the other traces
@@ -63,10 +62,7 @@ async def run_one(task: dict, taskfile: TaskFile, endpoint: Endpoint | None, set
                 "outcome": {"status": "error", "error": f"{type(e).__name__}: {e}"[:500], "turns": 0},
                 "usage": {"prompt_tokens": 0, "completion_tokens": 0}, "longest_tool_result": 0,
                 "timings": {"total_s": 0.0, "tools_s": 0.0}}
-    trace = header | body
-    passed, detail = run_check(task["check"], trace) if body["outcome"]["status"] != "error" else (False, "error")
-    trace["check"] = {"passed": passed, "detail": detail}
-    return trace
+    return header | body
 
 
 def planned_samples(task: dict, default_samples: int, reference: bool, samples: int | None) -> list[int | None]:

@@ -4,6 +4,7 @@ Every problem is reported as one line naming the file, the item and the field.""
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -15,7 +16,6 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from tracetune.checks import CHECK_KINDS
 from tracetune.jsonio import InputError, read_jsonl
 
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: every collect job reads the task file
@@ -35,7 +35,7 @@ def _fill_defaults(validator_class):
         if isinstance(instance, dict):
             for name, sub in properties.items():
                 if "default" in sub:
-                    instance.setdefault(name, sub["default"])
+                    instance.setdefault(name, copy.deepcopy(sub["default"]))  # never the schema's own list
         yield from validate_properties(validator, properties, instance, schema)
 
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
@@ -83,6 +83,14 @@ def load_config(config: dict, where: str = "config.yaml") -> dict:
             config.setdefault(section, {})
             validate(config[section], load_schema(name), where, lambda p, s=section: _location([s, *p]))
     return config
+
+
+def section_settings(section: str, given: dict | None = None, where: str = "config.yaml") -> dict:
+    """A config section as a stage uses it: `given` (or nothing) checked against the section's
+    schema, with the schema's defaults filled in. The schemas are the one place defaults live."""
+    settings = copy.deepcopy(dict(given or {}))
+    validate(settings, _config_schema(f"config.{section}.schema.yaml"), where, lambda p: _location([section, *p]))
+    return settings
 
 
 # --- result, operational and target settings ---------------------------------------------------
@@ -240,8 +248,10 @@ class TaskFile:
         return [i for i, t in self.tasks.items() if split is None or t["split"] == split]
 
 
-def task_hash(task: dict, servers: dict, system_prompt: str | None) -> str:
-    """Everything that decides what collecting a task produces: a change reruns that task."""
+def task_hash(task: dict, servers: dict, system_prompt: str | None, judged: bool = False) -> str:
+    """Everything that decides what collecting a task produces: a change reruns that task. Its
+    check is left out (curation judges it) unless `judged`: evaluation runs and judges at once."""
+    task = task if judged else {k: v for k, v in task.items() if k != "check"}
     spec = {"task": task, "servers": {s: servers[s] for s in task["servers"]}, "system": system_prompt}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -252,10 +262,15 @@ def _describe_task_path(doc: dict):
             tasks = doc.get("tasks") or []
             task_id = tasks[path[1]].get("id") if isinstance(tasks[path[1]], dict) else None
             label = f"task {task_id!r}" if task_id else f"task #{path[1] + 1}"
-            return f"{label}: {_location(path[2:]) if path[2:] else '(task)'}"
+            return f"{label}: {_location(path[2:])}" if path[2:] else label
         return _location(path)
 
     return describe
+
+
+# The kinds a task's check may use: the task file's grammar, judged by tracetune.checks (which
+# collection does not import, so editing how a check is judged reruns no collection).
+CHECK_KINDS = ("contains", "regex", "tool_called", "tool_attempted", "all", "any")
 
 
 def _check_kinds(check: dict, where: str) -> None:
@@ -350,9 +365,16 @@ def load_tasks(path: str | Path) -> TaskFile:
 
 
 def check_reference_tools(taskfile: TaskFile, server_tools: dict[str, list[str]]) -> None:
-    """A reference step must name a tool that one of the task's servers really offers."""
+    """A task's tools allowlist and its reference steps name tools its servers really offer, and
+    the steps keep to the allowlist. (Servers no reference plan uses are not listed: unchecked.)"""
     for task_id, task in taskfile.tasks.items():
         offered = {t for s in task["servers"] for t in server_tools.get(s, [])}
+        if not all(s in server_tools for s in task["servers"]):
+            continue
+        unknown = [t for t in task.get("tools") or [] if t not in offered]
+        if unknown:
+            raise InputError(f"{taskfile.path}: task {task_id!r}: tools: {unknown[0]!r} is not a tool of "
+                             f"server(s) {', '.join(task['servers'])}")
         allowed = set(task.get("tools") or offered)
         for i, step in enumerate(task.get("reference", [])):
             tool = step.get("tool")
@@ -367,26 +389,3 @@ def check_reference_tools(taskfile: TaskFile, server_tools: dict[str, list[str]]
                 raise InputError(
                     f"{taskfile.path}: task {task_id!r}: reference[{i}].tool: {tool!r} is not in the task's tools allowlist"
                 )
-
-
-def cached_server_tools(taskfile: TaskFile, cache_dir: str | Path) -> dict[str, list[str]]:
-    """Tool names of the servers that reference plans use, listed from the live servers once and
-    cached by server spec (the demo servers' code is hashed in too, so editing them re-lists)."""
-    from tracetune.jsonio import write_json
-    from tracetune.mcp_client import list_server_tools
-
-    used = sorted({s for t in taskfile.tasks.values() if t.get("reference") for s in t["servers"]})
-    servers = {name: taskfile.servers[name] for name in used}
-    if not servers:
-        return {}
-    code = "".join(p.read_text() for p in sorted((Path(__file__).parent / "servers").glob("*.py")))
-    key = hashlib.sha256((json.dumps(servers, sort_keys=True) + code).encode()).hexdigest()[:16]
-    cache = Path(cache_dir) / f"server-tools-{key}.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())
-    try:
-        tools = list_server_tools(servers)
-    except Exception as e:
-        raise InputError(f"{taskfile.path}: servers: could not list tools ({type(e).__name__}: {e})") from None
-    write_json(cache, tools)
-    return tools

@@ -1,8 +1,8 @@
 """Curate raw traces: validate, apply hand edits and rejects, filter, deduplicate.
 
-A trace is kept when it is not rejected by hand, its check passes (re-run here, so hand edits are
-judged too), it ended with an answer, every tool call is valid (known tool, JSON-object arguments
-valid against the tool's parameters schema) and, optionally, no tool error went unrecovered.
+A trace is kept when it is not rejected by hand, its check passes (judged here, so hand edits are
+judged too, and a changed check reruns curation, not collection), it ended with an answer, every tool call is valid (tracetune.parsing.tool_call_problem, the rule
+the agent and evaluation apply too) and, optionally, no tool error went unrecovered.
 Exact and near duplicates (same calls and arguments, same normalised text) are dropped.
 
 Hand edits live in `curation/edits/{trace_id}.json` (a full trace with the same trace_id; trace
@@ -19,11 +19,10 @@ from collections import Counter
 from functools import cache
 from pathlib import Path
 
-import jsonschema
-
-from tracetune.checks import run_check
+from tracetune.checks import verdict
 from tracetune.config import load_schema, validate
-from tracetune.jsonio import InputError, read_jsonl, write_json, write_jsonl
+from tracetune.jsonio import InputError, read_json, read_jsonl, write_json, write_jsonl
+from tracetune.parsing import call_arguments, tool_call_problem, tool_schemas
 
 # Reasons a trace is dropped, in the order they are tested (a trace counts under its first reason).
 REASONS = ("rejected", "not_answered", "check_failed", "invalid_tool_call", "unrecovered_tool_error", "duplicate")
@@ -72,10 +71,7 @@ def read_reject_ids(path: str | Path, task_id: str | None = None) -> list[str]:
 
 def load_edit(path: str | Path, task_id: str, known_ids: set[str]) -> dict:
     path = Path(path)
-    try:
-        trace = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    trace = read_json(path)
     if not isinstance(trace, dict):
         raise InputError(f"{path}: expected a JSON object (a full trace)")
     validate_trace(trace, str(path))
@@ -86,7 +82,7 @@ def load_edit(path: str | Path, task_id: str, known_ids: set[str]) -> dict:
     if trace["trace_id"] not in known_ids:
         raise InputError(f"{path}: trace_id: unknown trace {trace['trace_id']!r} (not in the collected traces)")
     # A hand edit is user input: a call to a tool the trace does not offer is a mistake, not data.
-    known_tools = tool_schemas(trace)
+    known_tools = tool_schemas(trace.get("tools"))
     for i, message in enumerate(trace["messages"]):
         for j, call in enumerate(message.get("tool_calls") or []):
             if call["function"]["name"] not in known_tools:
@@ -97,28 +93,14 @@ def load_edit(path: str | Path, task_id: str, known_ids: set[str]) -> dict:
 
 # --- filters ------------------------------------------------------------------------------------
 
-def tool_schemas(trace: dict) -> dict[str, dict]:
-    return {t["function"]["name"]: t["function"].get("parameters") or {} for t in trace.get("tools") or []}
-
-
 def invalid_tool_call(trace: dict) -> str | None:
-    """Why the first invalid tool call is invalid, or None when all are valid."""
-    schemas = tool_schemas(trace)
+    """Why the first invalid tool call is invalid (tracetune.parsing's rule), or None when all are valid."""
+    schemas = tool_schemas(trace.get("tools"))
     for message in trace["messages"]:
         for call in message.get("tool_calls") or []:
-            name, raw = call["function"]["name"], call["function"]["arguments"]
-            if name not in schemas:
-                return f"{call['id']}: unknown tool {name!r}"
-            try:
-                arguments = json.loads(raw) if raw.strip() else {}
-            except json.JSONDecodeError:
-                return f"{call['id']}: arguments are not JSON"
-            if not isinstance(arguments, dict):
-                return f"{call['id']}: arguments are not a JSON object"
-            error = jsonschema.exceptions.best_match(
-                jsonschema.validators.validator_for(schemas[name])(schemas[name]).iter_errors(arguments))
-            if error is not None:
-                return f"{call['id']}: {name}: {error.message}"
+            problem = tool_call_problem(call["function"], schemas)
+            if problem is not None:
+                return f"{call['id']}: {call['function']['name']}: {problem.message}"
     return None
 
 
@@ -136,13 +118,13 @@ def unrecovered_tool_errors(trace: dict) -> list[str]:
     return unrecovered
 
 
-def drop_reason(trace: dict, check: dict | None, rejected: set[str], drop_unrecovered: bool) -> str | None:
+def drop_reason(trace: dict, rejected: set[str], drop_unrecovered: bool) -> str | None:
+    """Why a trace is dropped (its check verdict already in trace["check"]), or None."""
     if trace["trace_id"] in rejected:
         return "rejected"
     if (trace.get("outcome") or {}).get("status") != "answered":
         return "not_answered"
-    passed = run_check(check, trace)[0] if check else (trace.get("check") or {}).get("passed", False)
-    if not passed:
+    if not (trace.get("check") or {}).get("passed", False):
         return "check_failed"
     if invalid_tool_call(trace):
         return "invalid_tool_call"
@@ -168,10 +150,8 @@ def dedup_key(trace: dict) -> str:
         if message["role"] in ("user", "assistant"):
             steps.append([message["role"], normalise_text(message.get("content"))])
         for call in message.get("tool_calls") or []:
-            try:
-                arguments = json.loads(call["function"]["arguments"] or "{}")
-            except json.JSONDecodeError:
-                arguments = call["function"]["arguments"]
+            arguments = call_arguments(call["function"]["arguments"])
+            arguments = call["function"]["arguments"] if arguments is None else arguments
             steps.append(["call", call["function"]["name"], json.dumps(arguments, sort_keys=True)])
     return json.dumps([trace["task_id"], steps])
 
@@ -224,9 +204,9 @@ def curate_task(task_id: str, raw_path: str | Path, *, check: dict | None, edits
                 rejected: list[str] = (), system_prompt: str | None = None,
                 keep_system_prompt: bool = False, drop_unrecovered_tool_errors: bool = True
                 ) -> tuple[list[dict], dict]:
-    """Return (kept traces, stats) for one task. `check` is the task's check spec (None: trust
-    the `check.passed` recorded at collection); `imported` are traces brought in by
-    `tracetune import` (data/traces/imported/{task}.jsonl)."""
+    """Return (kept traces, stats) for one task. `check` is the task's check spec, judged here on
+    every trace, hand-edited ones included (None: keep the verdict a trace carries); `imported`
+    are traces brought in by `tracetune import` (data/traces/imported/{task}.jsonl)."""
     traces = [t for path in [raw_path, *imported] for t in read_raw_traces(path, task_id)]
     ids = [t["trace_id"] for t in traces]
     if len(set(ids)) != len(ids):
@@ -237,12 +217,14 @@ def curate_task(task_id: str, raw_path: str | Path, *, check: dict | None, edits
     for trace in edited:
         by_id[trace["trace_id"]] = trace
     traces = [by_id[t["trace_id"]] for t in traces]
+    if check is not None:
+        traces = [t | {"check": verdict(check, t)} for t in traces]
 
     reasons: Counter = Counter()
     dropped: dict[str, str] = {}
     candidates = []
     for trace in traces:
-        reason = drop_reason(trace, check, set(rejected), drop_unrecovered_tool_errors)
+        reason = drop_reason(trace, set(rejected), drop_unrecovered_tool_errors)
         if reason:
             reasons[reason] += 1
             dropped[trace["trace_id"]] = reason
@@ -271,7 +253,7 @@ def write_curation_report(stats_paths: list[str], out_path: str) -> dict:
     """Aggregate per-task stats: counts per task and per reason."""
     per_task = {}
     for path in stats_paths:
-        stats = json.loads(Path(path).read_text(encoding="utf-8"))
+        stats = read_json(path)
         per_task[stats["task_id"]] = {k: stats[k] for k in ("raw", "kept", "dropped", "edited")}
     totals = {
         "raw": sum(s["raw"] for s in per_task.values()),

@@ -29,6 +29,7 @@ from transformers.utils.chat_template_utils import (_alias_reasoning_fields, _co
                                                     _plain_template_data, _render_with_assistant_indices)
 
 from tracetune.jsonio import InputError, atomic_path, read_jsonl, write_json, write_text
+from tracetune.rows import in_loss, prefix_owners
 from tracetune.toolsets import ToolRendering, distractor_pool, tool_lists
 
 log = logging.getLogger(__name__)
@@ -182,33 +183,23 @@ def unroll_renderings(renderer: Renderer, trace: dict, split: str, opts: ToolRen
             for row in unroll_trace(renderer, trace, split, tools, r)]
 
 
-def _longest_texts(rows: list[dict]) -> list[int]:
-    """For each row, the index of a row of the same trace whose text it begins (itself at worst):
-    prefix-preserving templates need one tokenisation per trace instead of one per row."""
-    owner = list(range(len(rows)))
-    for i in range(len(rows) - 2, -1, -1):
-        j = owner[i + 1]
-        if rows[j]["trace_id"] == rows[i]["trace_id"] and rows[j]["text"].startswith(rows[i]["text"]):
-            owner[i] = j
-    return owner
-
-
 def count_tokens(renderer: Renderer, rows: list[dict]) -> None:
-    """Set n_tokens (as TRL tokenises `text`) and n_loss_tokens (the tokens past the prompt),
-    with batched fast tokenisation."""
-    owner = _longest_texts(rows) if renderer.prefix_tokenisation else list(range(len(rows)))
+    """Set n_tokens (as TRL tokenises `text`) and n_loss_tokens (tracetune.rows' loss region),
+    with batched fast tokenisation: once per trace where the template keeps prefixes."""
+    owner = prefix_owners(rows) if renderer.prefix_tokenisation else list(range(len(rows)))
     targets = sorted(set(owner))
     encoded = renderer.tokenizer([rows[j]["text"] for j in targets], add_special_tokens=False,
                                  return_offsets_mapping=True, return_attention_mask=False)
-    token_ends = {j: [end for _, end in offsets] for j, offsets in zip(targets, encoded["offset_mapping"])}
+    offsets_of = dict(zip(targets, encoded["offset_mapping"]))
     for row, j in zip(rows, owner):
-        ends = token_ends[j]
+        offsets = offsets_of[j]
+        ends = [end for _, end in offsets]
         n_tokens = bisect.bisect_right(ends, row["loss_end"])
         if not n_tokens or ends[n_tokens - 1] != row["loss_end"]:
             raise RenderError(f"trace {row['trace_id']!r}: turn {row['turn']}: the text does not end on a token boundary")
-        n_prompt = bisect.bisect_right(ends, row["loss_start"])
+        before = bisect.bisect_right(ends, row["loss_start"])  # tokens that end before the region
         row["n_tokens"] = n_tokens + renderer.added_tokens
-        row["n_loss_tokens"] = n_tokens - n_prompt
+        row["n_loss_tokens"] = sum(in_loss(offsets[before:n_tokens], [(row["loss_start"], row["loss_end"])]))
 
 
 # --- the build ----------------------------------------------------------------------------------

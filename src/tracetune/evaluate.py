@@ -1,5 +1,5 @@
 """Evaluate a model on the held-out (`split: eval`) tasks: agent traces scored by the tasks'
-checks, tool-call validity, turns, errors, latency, and the held-out token loss.
+checks, tool-call validity, turns, errors and latency. (The held-out token loss is tracetune.heldout.)
 
 The scoring functions are pure functions over trace dicts (DESIGN.md raw-trace schema)."""
 
@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import math
 import statistics
 from collections import Counter
-from pathlib import Path
 
-import jsonschema
-
+from tracetune.checks import verdict
 from tracetune.jsonio import InputError, write_json, write_jsonl
-from tracetune.models import bf16_native, check_model_dir
+from tracetune.parsing import tool_call_problem, tool_schemas
 
 log = logging.getLogger(__name__)
 
@@ -50,44 +47,13 @@ def tool_calls(trace: dict) -> list[dict]:
             for call in m.get("tool_calls") or []]
 
 
-def check_call(call: dict, schemas: dict[str, dict]) -> str | None:
-    """Why one tool call is invalid (None when valid): unparsable arguments, a tool the trace
-    did not offer, or arguments that violate the tool's JSON schema."""
-    function = call.get("function") or {}
-    name, arguments = function.get("name"), function.get("arguments")
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments) if arguments.strip() else {}
-        except json.JSONDecodeError:
-            return "bad_json"
-    if not isinstance(arguments, dict):
-        return "bad_json"
-    if name not in schemas:
-        return "unknown_tool"
-    try:
-        jsonschema.validate(arguments, schemas[name] or {"type": "object"})
-    except jsonschema.ValidationError:
-        return "schema"
-    except jsonschema.SchemaError:
-        return None  # the server's schema is broken, not the model's call
-    return None
-
-
 def tool_call_validity(trace: dict) -> dict:
-    """Counts of the trace's tool calls that parse, name a known tool, and match its schema.
-    Calls the agent itself recorded as malformed (`invalid_calls`) count as invalid too."""
-    schemas = {t["function"]["name"]: t["function"].get("parameters") for t in trace.get("tools", [])
-               if t.get("function", {}).get("name")}
-    calls = tool_calls(trace)
-    reasons = [check_call(call, schemas) for call in calls]
-    index = {call.get("id"): i for i, call in enumerate(calls)}
-    for invalid in trace.get("invalid_calls") or []:
-        why = "agent:" + str(invalid.get("reason", "invalid")).split(":", 1)[0][:40]
-        i = index.get(invalid.get("tool_call_id"))
-        if i is None:  # a call the agent could not even parse into tool_calls
-            reasons.append(why)
-        elif reasons[i] is None:
-            reasons[i] = why
+    """Counts of the trace's tool calls that parse, name a known tool, and match its schema
+    (tracetune.parsing.tool_call_problem: the rule the agent and curation apply too). An unreadable
+    <tool_call> block is stored as a call too (tracetune.parsing.split_tool_calls), so none is missed."""
+    schemas = tool_schemas(trace.get("tools"))
+    reasons = [getattr(tool_call_problem(call.get("function") or {}, schemas), "kind", None)
+               for call in tool_calls(trace)]
     bad = Counter(r for r in reasons if r)
     n = len(reasons)
     return {
@@ -253,7 +219,8 @@ def run_eval_tasks(taskfile, endpoint, settings, samples: int, reorder: bool = F
         return await asyncio.gather(*(acollect(taskfile, eval_task_ids(taskfile), endpoint, settings, reference=False,
                                                samples=samples, reverse_tools=r) for r in orders))
 
-    runs = [[trace for traces in by_task.values() for trace in traces] for by_task in asyncio.run(run())]
+    runs = [[trace | {"check": verdict(taskfile.tasks[trace["task_id"]]["check"], trace)}
+             for traces in by_task.values() for trace in traces] for by_task in asyncio.run(run())]
     return runs[0], (runs[1] if reorder else [])
 
 
@@ -296,69 +263,3 @@ def evaluate_to_files(taskfile, endpoint, settings, *, samples: int, max_error_r
     write_jsonl(reordered_path, reordered)
     write_json(summary_path, summary)
     return summary
-
-
-# --- held-out loss -------------------------------------------------------------------------------
-
-def loss_region(row: dict, where: str) -> tuple[str, str]:
-    """(prompt text, target text) of one dataset row: the loss is taken on the target only."""
-    if isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str):
-        return row["prompt"], row["completion"]
-    if isinstance(row.get("text"), str) and "loss_start" in row:
-        text, start = row["text"], int(row["loss_start"])
-        end = int(row["loss_end"]) if row.get("loss_end") is not None else len(text)
-        return text[:start], text[start:end]
-    raise InputError(f"{where}: row {row.get('id', '?')!r}: no loss region "
-                     "(expected string columns prompt+completion, or text+loss_start[/loss_end])")
-
-
-def token_losses(model, tokenizer, prompt: str, completion: str, max_len: int):
-    """Summed cross-entropy and token count over the completion's tokens, given the prompt."""
-    import torch
-
-    text = prompt + completion
-    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False, return_tensors="pt")
-    ids = enc["input_ids"][:, :max_len]
-    starts = enc["offset_mapping"][0, : ids.shape[1], 0]
-    target = starts >= len(prompt)  # tokens that begin inside the completion
-    labels = torch.where(target, ids[0], torch.tensor(-100)).unsqueeze(0)
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits.float()
-    loss = torch.nn.functional.cross_entropy(
-        logits[0, :-1], labels[0, 1:], ignore_index=-100, reduction="sum")
-    return float(loss), int((labels[0, 1:] != -100).sum())
-
-
-def heldout_loss(model_dir: str, parquet_path: str, *, max_rows: int | None = None,
-                 device: str = "cpu", max_len: int = 4096) -> dict:
-    """Mean token loss over the loss regions of the eval rows (batch 1, no padding)."""
-    import polars as pl
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    check_model_dir(model_dir)
-    rows = pl.read_parquet(parquet_path).to_dicts()
-    rows = rows[:max_rows] if max_rows else rows
-    if not rows:
-        return {"loss": None, "rows": 0, "tokens": 0, "perplexity": None}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        dtype = torch.bfloat16 if bf16_native(device) else torch.float32  # logits are scored in float32
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
-    except (OSError, ValueError) as e:
-        raise InputError(f"{model_dir}: not a loadable model ({str(e).splitlines()[0]})") from None
-    total, tokens = 0.0, 0
-    for i, row in enumerate(rows):
-        loss, n = token_losses(model, tokenizer, *loss_region(row, parquet_path), max_len)
-        total, tokens = total + loss, tokens + n
-        if (i + 1) % 20 == 0:
-            log.info("held-out loss: %d/%d rows", i + 1, len(rows))
-    mean_loss = total / tokens if tokens else None
-    return {"loss": mean_loss, "rows": len(rows), "tokens": tokens,
-            "perplexity": math.exp(mean_loss) if mean_loss is not None else None}
-
-
-def heldout_loss_to_file(model_dir: str, parquet_path: str, out_path: str, **kwargs) -> dict:
-    result = {"model_dir": str(model_dir)} | heldout_loss(model_dir, parquet_path, **kwargs)
-    write_json(out_path, result)
-    return result

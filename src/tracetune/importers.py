@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 from tracetune.curate import validate_trace
-from tracetune.jsonio import InputError, read_jsonl, write_jsonl
+from tracetune.jsonio import InputError, read_json, read_jsonl, write_jsonl
 
 THINK = re.compile(r"^\s*<think>(.*?)</think>\s*", re.DOTALL)
 
@@ -31,10 +31,7 @@ def read_records(path: str | Path) -> list[tuple[str, dict]]:
         raise InputError(f"{path}: no such file")
     if path.suffix == ".jsonl":
         return [(f"{path}:{lineno}", record) for lineno, record in read_jsonl(path)]
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    doc = read_json(path)
     records = doc if isinstance(doc, list) else [doc]
     for i, record in enumerate(records):
         if not isinstance(record, dict):

@@ -1,9 +1,10 @@
-"""Atomic writes and line-numbered JSONL reading shared by every stage."""
+"""Atomic writes (files and directories) and JSON reading that names the file, shared by every stage."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -35,6 +36,29 @@ def atomic_path(path: str | os.PathLike):
         raise
 
 
+@contextmanager
+def atomic_dir(path: str | os.PathLike):
+    """Yield a fresh directory beside `path` to fill; it takes the place of `path` (whatever was
+    there) only if the block succeeds, and is removed if it fails. The old directory is renamed
+    away before the new one is renamed in, so `path` is missing for two renames, never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp.chmod(0o777 & ~_UMASK)  # mkdtemp makes it private
+    try:
+        yield tmp
+        old = None
+        if path.exists() or path.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / "replaced")
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
@@ -48,6 +72,16 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def read_json(path: str | os.PathLike):
+    """The JSON document in `path`; a missing or unreadable file is an InputError naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:

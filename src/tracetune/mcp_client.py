@@ -437,7 +437,7 @@ class ToolBox:
 
     def openai_tools(self, servers: list[str] | None = None, allow: list[str] | None = None) -> list[dict]:
         """The tools of `servers` (default: all) as OpenAI function tools, limited to `allow`
-        (MCP or OpenAI names) when given. From then on `has_tool`, `parameters` and `call`
+        (MCP or OpenAI names) when given. From then on `resolve` and `call`
         know only the offered tools, so a model cannot call around the allowlist."""
         chosen = [t for t in self.tools.values() if servers is None or t.server in servers]
         if allow is not None:
@@ -465,16 +465,6 @@ class ToolBox:
         if tool is None:
             raise KeyError(name)
         return tool.openai_name
-
-    def has_tool(self, name: str) -> bool:
-        return self.resolve(name) is not None
-
-    def parameters(self, name: str) -> dict:
-        """The converted JSON schema of a tool's arguments (for validation by the agent)."""
-        tool = self.resolve(name)
-        if tool is None:
-            raise KeyError(name)
-        return tool.parameters
 
     # -- calling --
 

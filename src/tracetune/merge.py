@@ -6,24 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
-from tracetune.jsonio import InputError
+from tracetune.config import section_settings
+from tracetune.jsonio import InputError, atomic_dir
 from tracetune.models import check_model_dir
 
 log = logging.getLogger(__name__)
-
-DTYPES = ("bfloat16", "float16")
-DEFAULTS = {"dtype": "bfloat16"}
-
-
-def settings_from(config: dict | None) -> dict:
-    settings = {**DEFAULTS, **(config or {})}
-    if settings["dtype"] not in DTYPES:
-        raise InputError(f"config.yaml: merge.dtype: {settings['dtype']!r} is not one of {', '.join(DTYPES)}")
-    return settings
-
 
 def check_dir(path: Path, marker: str, what: str) -> Path:
     if not (path / marker).is_file():
@@ -37,7 +26,7 @@ def merge(adapter_dir: str | os.PathLike, base_model: str | os.PathLike, out_dir
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    settings = settings_from(config)
+    settings = section_settings("merge", config)
     adapter_dir, base_model, out_dir = Path(adapter_dir), Path(base_model), Path(out_dir)
     check_dir(adapter_dir, "adapter_config.json", "adapter")
     check_model_dir(base_model, "base model")
@@ -49,14 +38,10 @@ def merge(adapter_dir: str | os.PathLike, base_model: str | os.PathLike, out_dir
     model.config.dtype = settings["dtype"]
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
 
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    keep_response_template(base_model, tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        keep_response_template(base_model, tmp)
     log.info("merged %s into %s (%s) → %s", adapter_dir, base_model, settings["dtype"], out_dir)
     return out_dir
 

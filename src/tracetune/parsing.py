@@ -1,13 +1,20 @@
-"""Recover reasoning and tool calls from what an endpoint returned.
+"""Recover reasoning and tool calls from what an endpoint returned, and judge a tool call.
 
 Servers differ: vLLM splits reasoning into `reasoning_content` (newer: `reasoning`) and parses
 tool calls; others leave a `<think>` block or Hermes `<tool_call>{…}</tool_call>` blocks inside
-the content. Either way the stored message has the structured, OpenAI-shaped form."""
+the content. Either way the stored message has the structured, OpenAI-shaped form.
+
+`tool_call_problem` is the one rule of a call's validity: the agent answers the model with it,
+curation drops traces by it and evaluation scores by it, so no two stages judge a call apart."""
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import jsonschema
 
 THINK = re.compile(r"^\s*<think>(.*?)</think>\s*", re.DOTALL)
 UNCLOSED_THINK = re.compile(r"^\s*<think>(.*)$", re.DOTALL)
@@ -64,3 +71,53 @@ def normalize_assistant(raw: dict, call_id_prefix: str) -> dict:
         message["tool_calls"] = [{"id": f"{call_id_prefix}{i}", "type": "function", "function": c["function"]}
                                  for i, c in enumerate(calls)]
     return message
+
+
+# --- validity of a tool call -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CallProblem:
+    kind: str  # bad_json (not a JSON object), unknown_tool (not offered), schema (arguments rejected)
+    message: str  # as the agent tells the model, e.g. "unknown tool 'x'"
+
+
+def tool_schemas(tools: list[dict] | None) -> dict[str, dict | None]:
+    """Offered tool name -> its parameters schema, from OpenAI-shaped tools."""
+    return {t["function"]["name"]: t["function"].get("parameters") for t in tools or []
+            if (t.get("function") or {}).get("name")}
+
+
+def call_arguments(raw) -> dict | None:
+    """A call's arguments as a dict (empty text: no arguments), None when not a JSON object."""
+    if isinstance(raw, dict):
+        return raw
+    if not isinstance(raw, str):
+        return None
+    try:
+        arguments = json.loads(raw) if raw.strip() else {}
+    except json.JSONDecodeError:
+        return None
+    return arguments if isinstance(arguments, dict) else None
+
+
+def tool_call_problem(function: dict, schemas: Mapping[str, dict | None]) -> CallProblem | None:
+    """Why a call ({"name", "arguments"}) is invalid, or None: its arguments must be a JSON
+    object, its name an offered tool's, and the tool's parameters schema must accept them. A tool
+    whose own schema is broken accepts any object: that fault is the server's, not the model's."""
+    name, raw = function.get("name"), function.get("arguments")
+    arguments = call_arguments(raw)
+    if arguments is None:
+        try:
+            json.loads(raw)
+            return CallProblem("bad_json", "arguments must be a JSON object")
+        except (TypeError, json.JSONDecodeError) as e:
+            return CallProblem("bad_json", f"arguments are not valid JSON ({getattr(e, 'msg', e)})")
+    if name not in schemas:
+        return CallProblem("unknown_tool", f"unknown tool {name!r}")
+    try:
+        jsonschema.validate(arguments, schemas[name] or {"type": "object"})
+    except jsonschema.ValidationError as e:
+        return CallProblem("schema", f"arguments do not match the schema: {e.message}")
+    except jsonschema.SchemaError:
+        return None
+    return None

@@ -12,21 +12,12 @@ from pathlib import Path
 
 import jinja2
 
-from tracetune.jsonio import InputError, atomic_path, read_jsonl, write_text
+from tracetune.jsonio import InputError, atomic_path, read_json, read_jsonl, write_text
 
 FIGURES = ("loss_curve", "success_per_task", "tool_validity")
 
 
 # --- inputs ------------------------------------------------------------------------------------
-
-def read_json(path: str | os.PathLike) -> dict:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not valid JSON ({e.msg})") from None
-
 
 def model_of(path: str | os.PathLike) -> str:
     """data/eval/{model}/summary.json → model; data/adapters/{run}/metrics.jsonl → run."""

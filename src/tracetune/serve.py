@@ -36,7 +36,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracetune.jsonio import InputError, write_json
+from tracetune.jsonio import InputError, atomic_path, write_json
 from tracetune.models import check_model_dir
 
 log = logging.getLogger(__name__)
@@ -96,22 +96,18 @@ def export_gguf(model_dir: str | os.PathLike, out_path: str | os.PathLike, outty
     llama.cpp's own converter, atomically."""
     check_model_dir(model_dir)
     share = llama_cpp_file("share/llama.cpp")
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    env = os.environ | {"PYTHONPATH": str(share / "gguf-py"),  # the gguf package the converter was written for
-                        "TQDM_DISABLE": "1"}
-    cmd = [sys.executable, str(share / "convert_hf_to_gguf.py"), str(model_dir), "--outfile", str(tmp),
-           "--outtype", outtype]
-    done = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-    log.info("convert_hf_to_gguf.py:\n%s", done.stdout)
-    if done.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        last = (done.stdout.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"{model_dir}: GGUF conversion failed: {last}")
-    os.replace(tmp, out_path)
-    return out_path
+    with atomic_path(out_path) as tmp:
+        env = os.environ | {"PYTHONPATH": str(share / "gguf-py"),  # the gguf package the converter was written for
+                            "TQDM_DISABLE": "1"}
+        cmd = [sys.executable, str(share / "convert_hf_to_gguf.py"), str(model_dir), "--outfile", str(tmp),
+               "--outtype", outtype]
+        done = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+        log.info("convert_hf_to_gguf.py:\n%s", done.stdout)
+        if done.returncode != 0:
+            last = (done.stdout.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"{model_dir}: GGUF conversion failed: {last}")
+    return Path(out_path)
 
 
 def server_command(path: str, port: int, host: str, device: str) -> tuple[list[str], dict | None]:

@@ -24,52 +24,14 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from tracetune.config import split_settings
-from tracetune.jsonio import InputError, write_json, write_jsonl
-from tracetune.models import check_model_dir
+from tracetune.config import section_settings, split_settings
+from tracetune.jsonio import InputError, atomic_dir, write_json, write_jsonl
+from tracetune.models import check_model_dir, check_target_modules, module_names
+from tracetune.rows import IGNORE, check_rows, prefix_owners, tokenize_for_loss
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "trl", "unsloth")
-REQUIRED_COLUMNS = ("id", "trace_id", "text", "loss_start", "loss_end")
-
-# Defaults of the `train:` config section (the schema holds the same values, with descriptions).
-DEFAULTS = {
-    "run": "lora",
-    "backend": "auto",
-    "lora_r": 32,
-    "lora_alpha": 32,
-    "lora_dropout": 0.0,
-    "use_rslora": True,
-    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    "learning_rate": 5e-4,
-    "lr_scheduler": "constant",
-    "warmup_steps": 0,
-    "epochs": 3,
-    "max_steps": -1,
-    "batch_size": 1,
-    "grad_accum": 1,
-    "padding_free": True,
-    "packing": False,
-    "merge_traces": True,
-    "max_seq_len": 4096,
-    "load_in_4bit": False,
-    "weight_decay": 0.0,
-    "max_grad_norm": 1.0,
-    "seed": 0,
-    "save_steps": 50,
-    "save_total_limit": 2,
-    "gradient_checkpointing": False,
-}
-
-
-def settings_from(config: dict | None) -> dict:
-    settings = {**DEFAULTS, **(config or {})}
-    unknown = set(settings) - set(DEFAULTS)
-    if unknown:
-        raise InputError(f"config.yaml: train.{sorted(unknown)[0]}: unknown setting")
-    return settings
-
 
 # --- checks before any compute -------------------------------------------------------------------
 
@@ -104,65 +66,34 @@ def load_rows(path: str | os.PathLike, split: str = "train") -> list[dict]:
     if not path.is_file():
         raise InputError(f"{path}: train split: file not found")
     frame = pl.read_parquet(path)
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    if missing:
-        raise InputError(f"{path}: column {missing[0]!r}: missing")
     if "split" in frame.columns:
         frame = frame.filter(pl.col("split") == split)
     if frame.height == 0:
         raise InputError(f"{path}: train split: no rows")
     rows = frame.to_dicts()
-    for row in rows:
-        if not 0 <= row["loss_start"] < row["loss_end"] <= len(row["text"]):
-            raise InputError(f"{path}: row {row['id']}: loss_start/loss_end: not a span inside text")
+    check_rows(rows, str(path))
     return rows
-
-
-def check_target_modules(base_model: str | os.PathLike, target_modules: list[str]) -> None:
-    """Build the model skeleton on the meta device (no weights, no compute) and look for each target."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(base_model)
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(config)
-    leaf_names = {name.rsplit(".", 1)[-1] for name, _ in skeleton.named_modules()}
-    for module in target_modules:
-        if module not in leaf_names:
-            raise InputError(f"config.yaml: train.target_modules: {module!r}: the model "
-                             f"{Path(base_model).name} has no such module")
 
 
 # --- sequences: merged traces or separate rows ---------------------------------------------------
 
-def tokenize_with_spans(tokenizer, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
-    """Token ids of `text` and labels that keep only tokens overlapping a loss span (char offsets)."""
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
-    labels = [-100] * len(ids)
-    for i, (start, end) in enumerate(offsets):
-        if any(start < span_end and end > span_start for span_start, span_end in spans):
-            labels[i] = ids[i]
-    return ids, labels
-
-
 def _row_example(tokenizer, row: dict) -> dict:
-    ids, labels = tokenize_with_spans(tokenizer, row["text"], [(row["loss_start"], row["loss_end"])])
+    ids, labels = tokenize_for_loss(tokenizer, row["text"], [(row["loss_start"], row["loss_end"])])
     return {"input_ids": ids, "labels": labels, "trace_id": row["trace_id"], "rows": 1, "merged": False}
 
 
 def _merged_example(tokenizer, rows: list[dict], row_examples: list[dict]) -> dict | None:
-    """One sequence for the trace when every row is a prefix of the longest, in text AND tokens."""
-    longest = max(rows, key=lambda r: len(r["text"]))
-    if not all(longest["text"].startswith(r["text"]) for r in rows):
+    """One sequence for the trace when every row is a prefix of the last (tracetune.rows), in
+    text AND in tokens."""
+    if len(set(prefix_owners(rows))) != 1:
         return None
-    spans = [(r["loss_start"], r["loss_end"]) for r in rows]
-    ids, labels = tokenize_with_spans(tokenizer, longest["text"], spans)
+    longest = rows[-1]
+    ids, labels = tokenize_for_loss(tokenizer, longest["text"], [(r["loss_start"], r["loss_end"]) for r in rows])
     # A prefix in text can still tokenize differently at its end (BPE merges across the cut).
     for example in row_examples:
         n = len(example["input_ids"])
         if ids[:n] != example["input_ids"] or any(
-                lab != -100 and labels[i] != lab for i, lab in enumerate(example["labels"])):
+                lab != IGNORE and labels[i] != lab for i, lab in enumerate(example["labels"])):
             return None
     return {"input_ids": ids, "labels": labels, "trace_id": longest["trace_id"], "rows": len(rows), "merged": True}
 
@@ -198,7 +129,7 @@ def build_sequences(rows: list[dict], tokenizer, max_seq_len: int, merge_traces:
         "merged_sequences": sum(e["merged"] for e in examples),
         "rows_in_merged_sequences": sum(e["rows"] for e in examples if e["merged"]),
         "tokens": sum(len(e["input_ids"]) for e in examples),
-        "loss_tokens": sum(sum(lab != -100 for lab in e["labels"]) for e in examples),
+        "loss_tokens": sum(sum(lab != IGNORE for lab in e["labels"]) for e in examples),
     }
     return examples, counts
 
@@ -252,7 +183,7 @@ def peak_memory_mb(device: str) -> float:
 def train(dataset: str | os.PathLike, base_model: str | os.PathLike, out_dir: str | os.PathLike,
           config: dict | None = None, *, checkpoint_dir: str | os.PathLike | None = None) -> dict:
     """Train a LoRA adapter on the train rows of `dataset` into `out_dir`; returns the summary."""
-    settings = settings_from(config)
+    settings = section_settings("train", config)
     backend = resolve_backend(settings["backend"])
     base_model = check_model_dir(base_model, "base model")
     rows = load_rows(dataset)
@@ -262,7 +193,7 @@ def train(dataset: str | os.PathLike, base_model: str | os.PathLike, out_dir: st
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     examples, counts = build_sequences(rows, tokenizer, settings["max_seq_len"], settings["merge_traces"],
                                        where=str(dataset))
-    check_target_modules(base_model, settings["target_modules"])
+    check_target_modules(settings["target_modules"], module_names(base_model), base_model)
     log.info("backend %s: %d rows of %d traces → %d sequences (%d merged), %d tokens, %d loss tokens",
              backend, counts["rows"], counts["traces"], counts["sequences"], counts["merged_sequences"],
              counts["tokens"], counts["loss_tokens"])
@@ -304,20 +235,15 @@ def train(dataset: str | os.PathLike, base_model: str | os.PathLike, out_dir: st
 
 def write_outputs(out_dir: Path, result: dict, tokenizer, settings: dict, summary: dict) -> None:
     """Everything goes to a temporary sibling first; it replaces out_dir only when complete."""
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    result["model"].save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
     metrics = [entry for entry in result["log_history"] if "loss" in entry]
-    write_jsonl(tmp / "metrics.jsonl", metrics)
-    write_json(tmp / "settings.json", {**settings, "backend_resolved": summary["backend"]})
-    write_json(tmp / "summary.json", summary)
-    write_tensorboard(metrics, tmp / "tensorboard")
-    plot_loss(metrics, tmp / "loss.png", title=out_dir.name)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        result["model"].save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_jsonl(tmp / "metrics.jsonl", metrics)
+        write_json(tmp / "settings.json", {**settings, "backend_resolved": summary["backend"]})
+        write_json(tmp / "summary.json", summary)
+        write_tensorboard(metrics, tmp / "tensorboard")
+        plot_loss(metrics, tmp / "loss.png", title=out_dir.name)
 
 
 def write_tensorboard(metrics: list[dict], path: Path) -> None:

@@ -1,0 +1,72 @@
+"""Everything checked before any job runs: config.yaml, the task file, the tools of the servers
+its reference plans use, the rendering options and the base model. A bad input stops the run with
+one line that names the file, the item and the field; nothing is built or touched first."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from tracetune.config import TaskFile, check_reference_tools, load_config, load_tasks
+from tracetune.evaluate import eval_task_ids
+from tracetune.jsonio import InputError, write_json
+from tracetune.models import BUNDLED_PREFIX, bundled_gguf, check_base_model, check_target_modules, module_names
+from tracetune.toolsets import ToolRendering, check_task_options
+
+
+def check_inputs(config: dict, cache_dir: str | Path, where: str = "config.yaml") -> TaskFile:
+    """Validate `config` in place (defaults filled in) and the task file it names; return the tasks."""
+    load_config(config, where)
+    taskfile = load_tasks(config["tasks"])
+    server_tools = cached_server_tools(taskfile, cache_dir)
+    check_reference_tools(taskfile, server_tools)
+    check_task_options(ToolRendering.from_config(config["dataset"]), taskfile, server_tools, where)
+    check_base_model(config["base_model"])
+    names = cached_module_names(config["base_model"], cache_dir)
+    if names is not None:
+        check_target_modules(config["train"]["target_modules"], names, config["base_model"])
+    if config["evaluate"]["models"]:
+        eval_task_ids(taskfile)
+    return taskfile
+
+
+def cached_server_tools(taskfile: TaskFile, cache_dir: str | Path) -> dict[str, list[str]]:
+    """Tool names of the servers that reference plans use, listed from the live servers once and
+    cached by server spec (the demo servers' code is hashed in too, so editing them re-lists)."""
+    from tracetune.mcp_client import list_server_tools  # here: the MCP SDK loads only on a cache miss
+
+    used = sorted({s for t in taskfile.tasks.values() if t.get("reference") for s in t["servers"]})
+    servers = {name: taskfile.servers[name] for name in used}
+    if not servers:
+        return {}
+    code = "".join(p.read_text() for p in sorted((Path(__file__).parent / "servers").glob("*.py")))
+    key = hashlib.sha256((json.dumps(servers, sort_keys=True) + code).encode()).hexdigest()[:16]
+    cache = Path(cache_dir) / f"server-tools-{key}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    try:
+        tools = list_server_tools(servers)
+    except Exception as e:
+        raise InputError(f"{taskfile.path}: servers: could not list tools ({type(e).__name__}: {e})") from None
+    write_json(cache, tools)
+    return tools
+
+
+def cached_module_names(base_model: str, cache_dir: str | Path) -> set[str] | None:
+    """The base model's module names (tracetune.models.module_names), found once per model config
+    and cached (torch loads only then); None for a hub id, whose config is not here before download."""
+    if base_model.startswith(BUNDLED_PREFIX):
+        gguf = bundled_gguf(base_model[len(BUNDLED_PREFIX):])
+        identity = f"{gguf}:{gguf.stat().st_size}"
+    elif (Path(base_model).expanduser() / "config.json").is_file():
+        identity = (Path(base_model).expanduser() / "config.json").read_text()
+    else:
+        return None
+    key = hashlib.sha256(f"{base_model}\n{identity}".encode()).hexdigest()[:16]
+    cache = Path(cache_dir) / f"module-names-{key}.json"
+    if cache.is_file():
+        return set(json.loads(cache.read_text()))
+    names = module_names(base_model if base_model.startswith(BUNDLED_PREFIX) else Path(base_model).expanduser())
+    write_json(cache, sorted(names))
+    return names
