@@ -136,8 +136,9 @@ def eval_models():
     return config["evaluate"]["models"]
 
 
-def tuned_models():
-    return [m for m in eval_models() if m != config["report"]["baseline"]]
+def trained_runs():
+    """The evaluated models that are training runs: all but the prepared base model."""
+    return [m for m in eval_models() if m != "base"]
 
 
 def reorder_check(wildcards):

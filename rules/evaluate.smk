@@ -51,7 +51,7 @@ rule report:
         summaries=expand("data/eval/{model}/summary.json", model=eval_models()),
         results=expand("data/eval/{model}/results.jsonl", model=eval_models()),
         losses=eval_losses(),
-        adapters=expand("data/adapters/{run}", run=tuned_models()),
+        adapters=expand("data/adapters/{run}", run=trained_runs()),
         curation="data/reports/curation.json",
         dataset="data/reports/dataset.json",
     output:

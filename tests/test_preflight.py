@@ -99,6 +99,7 @@ BAD_CONFIG = [
     (setting("serve.engine", "vllm"), "serve.engine: 'vllm' is not one of"),
     (setting("serve.gguf_type", "q4"), "serve.gguf_type: 'q4' is not one of"),
     (setting("report.title", 3), "report.title: 3 is not of type 'string'"),
+    (setting("report.baseline", "gpt"), "report.baseline: 'gpt' is not one of evaluate.models (base, lora)"),
     (setting("hub.private", "no"), "hub.private: 'no' is not of type 'boolean'"),
     (setting("colect", {}), "(top level): Additional properties are not allowed ('colect'"),
     (dropped("base_model"), "(top level): 'base_model' is a required property"),

@@ -214,6 +214,7 @@ RERUN_TASKS = ["price-kettle", "stock-teapot", SITE_TASK, "eval-price-chefs-knif
 AFTER_MERGE = {"merge:run=lora", "gguf:model=lora", "eval_loss:model=lora", "evaluate:model=lora", "report", "all"}
 AFTER_DATASET = {"build_dataset", "train:run=lora", "eval_loss:model=base"} | AFTER_MERGE  # base is evaluated as before
 AFTER_CURATE = {"curation_report"} | AFTER_DATASET
+CURATE_ALL = {f"curate:task={t}" for t in RERUN_TASKS} | AFTER_CURATE
 
 
 @pytest.fixture(scope="module")
@@ -326,6 +327,91 @@ def test_result_setting_reruns_exactly_what_it_changes(finished, changes, planne
     assert planned_after(finished, changes) == planned
 
 
+# Every result setting of config.yaml, changed alone: the exact jobs it reruns. (The cases above
+# say why for the subtle ones; evaluate.endpoints.* is covered by the endpoint's own keys.)
+TRAIN = {"train:run=lora"} | AFTER_MERGE
+EVALUATE_BOTH = {"evaluate:model=base", "evaluate:model=lora", "report", "all"}
+EVAL_LOSS_BOTH = {"eval_loss:model=base", "eval_loss:model=lora", "report", "all"}
+SAMPLED = {"collect:task=stock-teapot", "curate:task=stock-teapot"} | AFTER_CURATE  # the task with a model sample
+EVERY_RESULT_SETTING = {
+    "endpoint.base_url": ("http://127.0.0.1:9/v1", SAMPLED | {"evaluate:model=base"}),
+    "endpoint.model": ("another", SAMPLED | {"evaluate:model=base"}),
+    "collect.samples": (1, {f"{rule}:task={t}" for rule in ("collect", "curate") for t in RERUN_TASKS
+                            if t != "stock-teapot"} | AFTER_CURATE),  # stock-teapot has its own samples
+    "collect.temperature": (0.2, SAMPLED),  # the evaluation has its own
+    "collect.seed": (1, SAMPLED | {"evaluate:model=base"}),
+    "collect.max_turns": (3, SAMPLED | {"evaluate:model=base"}),
+    "collect.max_tokens": (128, SAMPLED | {"evaluate:model=base"}),
+    "collect.truncate": (300, {f"collect:task={SITE_TASK}", f"curate:task={SITE_TASK}"} | AFTER_CURATE),
+    "curate.keep_system_prompt": (True, CURATE_ALL | {"evaluate:model=base"}),
+    "curate.drop_unrecovered_tool_errors": (True, CURATE_ALL),
+    "dataset.max_seq_len": (1024, AFTER_DATASET),
+    "dataset.tool_list": ("recorded", AFTER_DATASET),
+    "dataset.shuffle_tools": (False, AFTER_DATASET),
+    "dataset.distractor_tools": (1, AFTER_DATASET),
+    "dataset.renderings": (2, AFTER_DATASET),  # with a distractor: the site task has one tool of its own
+    "dataset.seed": (1, AFTER_DATASET),
+    "hub.dataset_repo": ("me/shop-traces", set()),  # only push_dataset and push_model
+    "hub.model_repo": ("me/shop-agent", set()),
+    "hub.private": (False, set()),
+    "train.backend": ("trl", TRAIN),
+    "train.lora_r": (8, TRAIN),
+    "train.lora_alpha": (16, TRAIN),
+    "train.lora_dropout": (0.1, TRAIN),
+    "train.use_rslora": (False, TRAIN),
+    "train.target_modules": (["q_proj", "v_proj"], TRAIN),
+    "train.learning_rate": (1e-4, TRAIN),
+    "train.lr_scheduler": ("linear", TRAIN),
+    "train.warmup_steps": (3, TRAIN),
+    "train.epochs": (1, TRAIN),
+    "train.max_steps": (5, TRAIN),
+    "train.batch_size": (2, TRAIN),
+    "train.grad_accum": (2, TRAIN),
+    "train.padding_free": (False, TRAIN),
+    "train.packing": (True, TRAIN),
+    "train.merge_traces": (False, TRAIN),
+    "train.max_seq_len": (1024, TRAIN),
+    "train.load_in_4bit": (True, TRAIN),
+    "train.weight_decay": (0.01, TRAIN),
+    "train.max_grad_norm": (0.5, TRAIN),
+    "train.seed": (1, TRAIN),
+    "merge.dtype": ("float16", AFTER_MERGE),
+    "serve.engine": ("transformers", {"evaluate:model=lora", "report", "all"}),
+    "serve.gguf_type": ("q8_0", {"gguf:model=lora", "evaluate:model=lora", "report", "all"}),
+    "evaluate.samples": (2, EVALUATE_BOTH),
+    "evaluate.temperature": (0.5, EVALUATE_BOTH),
+    "evaluate.reorder_check": (False, {"evaluate:model=lora", "report", "all"}),  # only tuned models run it
+    "evaluate.loss.enabled": (False, {"report", "all"}),
+    "evaluate.loss.max_rows": (5, EVAL_LOSS_BOTH),
+    "evaluate.loss.device": ("cuda", EVAL_LOSS_BOTH),
+    "evaluate.loss.max_len": (1024, EVAL_LOSS_BOTH),
+    "report.baseline": ("lora", EVALUATE_BOTH),  # the reversed-list run follows the tuned models
+    "report.title": ("Shop agent", {"report", "all"}),
+}
+
+
+def test_the_matrix_covers_every_result_setting():
+    from tracetune.config import setting_kinds
+
+    leaves = {path for path, kind in setting_kinds().items()
+              if kind == "result" and "." in path and "*" not in path}
+    assert set(EVERY_RESULT_SETTING) | {"base_model"} == leaves | {"base_model"}
+
+
+@pytest.mark.parametrize("key", sorted(EVERY_RESULT_SETTING))
+def test_every_result_setting_reruns_exactly_what_it_changes(finished, key):
+    value, planned = EVERY_RESULT_SETTING[key]
+    companion = {"dataset.distractor_tools": 1} if key == "dataset.renderings" else {}
+    assert planned_after(finished, {key: value} | companion) == planned
+
+
+def test_another_base_model_reruns_what_it_feeds(finished, tmp_path):
+    other = tmp_path / "other-base"
+    shutil.copytree(yaml.safe_load((finished / "config.yaml").read_text())["base_model"], other)
+    assert planned_after(finished, {"base_model": str(other)}) == (
+        {"prepare_base_model", "eval_loss:model=base"} | AFTER_DATASET)  # base is evaluated at the endpoint
+
+
 # A code change reruns the rules whose scripts reach the module through imports
 # (tracetune.fingerprint), and only when behaviour changes: comments and docstrings rerun nothing.
 ALL_TASKS = {f"{rule}:task={t}" for rule in ("collect", "curate") for t in RERUN_TASKS}
@@ -348,9 +434,6 @@ def planned_after_code_change(wf: Path, module: str, edit) -> set[str]:
 def test_a_comment_or_docstring_reruns_nothing(finished, module):
     assert planned_after_code_change(finished, module, lambda source: source + "\n# a note for readers\n") == set()
     assert planned_after_code_change(finished, module, lambda source: source.replace('"""', '"""Reworded. ', 1)) == set()
-
-
-CURATE_ALL = {f"curate:task={t}" for t in RERUN_TASKS} | AFTER_CURATE
 
 
 @pytest.mark.parametrize("module, planned", [

@@ -26,8 +26,12 @@ def check_inputs(config: dict, cache_dir: str | Path, where: str = "config.yaml"
     names = cached_module_names(config["base_model"], cache_dir)
     if names is not None:
         check_target_modules(config["train"]["target_modules"], names, config["base_model"])
-    if config["evaluate"]["models"]:
+    models = config["evaluate"]["models"]
+    if models:
         eval_task_ids(taskfile)
+        if config["report"]["baseline"] not in models:
+            raise InputError(f"{where}: report.baseline: {config['report']['baseline']!r} is not one of "
+                             f"evaluate.models ({', '.join(models)})")
     return taskfile
 
 
