@@ -1,8 +1,9 @@
 """Curate raw traces: validate, apply hand edits and rejects, filter, deduplicate.
 
 A trace is kept when it is not rejected by hand, its check passes (judged here, so hand edits are
-judged too, and a changed check reruns curation, not collection), it ended with an answer, every tool call is valid (tracetune.parsing.tool_call_problem, the rule
-the agent and evaluation apply too) and, optionally, no tool error went unrecovered.
+judged too, and a changed check reruns curation, not collection), it ended with an answer, every
+tool call is valid (tracetune.parsing.tool_call_problem, the rule the agent and evaluation apply
+too) and, optionally, no tool error went unrecovered.
 Exact and near duplicates (same calls and arguments, same normalised text) are dropped.
 
 Hand edits live in `curation/edits/{trace_id}.json` (a full trace with the same trace_id; trace

@@ -87,31 +87,34 @@ def tool_schemas(tools: list[dict] | None) -> dict[str, dict | None]:
             if (t.get("function") or {}).get("name")}
 
 
-def call_arguments(raw) -> dict | None:
-    """A call's arguments as a dict (empty text: no arguments), None when not a JSON object."""
+def _read_arguments(raw) -> tuple[dict | None, str | None]:
+    """(arguments, None), or (None, why not): a call's arguments must be a JSON object (empty text: none)."""
     if isinstance(raw, dict):
-        return raw
+        return raw, None
     if not isinstance(raw, str):
-        return None
+        return None, f"arguments are not valid JSON (not text but {type(raw).__name__})"
     try:
         arguments = json.loads(raw) if raw.strip() else {}
-    except json.JSONDecodeError:
-        return None
-    return arguments if isinstance(arguments, dict) else None
+    except json.JSONDecodeError as e:
+        return None, f"arguments are not valid JSON ({e.msg})"
+    if not isinstance(arguments, dict):
+        return None, "arguments must be a JSON object"
+    return arguments, None
+
+
+def call_arguments(raw) -> dict | None:
+    """A call's arguments as a dict (empty text: no arguments), None when not a JSON object."""
+    return _read_arguments(raw)[0]
 
 
 def tool_call_problem(function: dict, schemas: Mapping[str, dict | None]) -> CallProblem | None:
     """Why a call ({"name", "arguments"}) is invalid, or None: its arguments must be a JSON
     object, its name an offered tool's, and the tool's parameters schema must accept them. A tool
     whose own schema is broken accepts any object: that fault is the server's, not the model's."""
-    name, raw = function.get("name"), function.get("arguments")
-    arguments = call_arguments(raw)
-    if arguments is None:
-        try:
-            json.loads(raw)
-            return CallProblem("bad_json", "arguments must be a JSON object")
-        except (TypeError, json.JSONDecodeError) as e:
-            return CallProblem("bad_json", f"arguments are not valid JSON ({getattr(e, 'msg', e)})")
+    name = function.get("name")
+    arguments, why_not = _read_arguments(function.get("arguments"))
+    if why_not is not None:
+        return CallProblem("bad_json", why_not)
     if name not in schemas:
         return CallProblem("unknown_tool", f"unknown tool {name!r}")
     try:

@@ -45,16 +45,14 @@ def cached_server_tools(taskfile: TaskFile, cache_dir: str | Path) -> dict[str, 
     if not servers:
         return {}
     code = "".join(p.read_text() for p in sorted((Path(__file__).parent / "servers").glob("*.py")))
-    key = hashlib.sha256((json.dumps(servers, sort_keys=True) + code).encode()).hexdigest()[:16]
-    cache = Path(cache_dir) / f"server-tools-{key}.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())
-    try:
-        tools = list_server_tools(servers)
-    except Exception as e:
-        raise InputError(f"{taskfile.path}: servers: could not list tools ({type(e).__name__}: {e})") from None
-    write_json(cache, tools)
-    return tools
+
+    def listed() -> dict[str, list[str]]:
+        try:
+            return list_server_tools(servers)
+        except Exception as e:
+            raise InputError(f"{taskfile.path}: servers: could not list tools ({type(e).__name__}: {e})") from None
+
+    return _cached(Path(cache_dir) / "server-tools", json.dumps(servers, sort_keys=True) + code, listed)
 
 
 def cached_module_names(base_model: str, cache_dir: str | Path) -> set[str] | None:
@@ -67,10 +65,16 @@ def cached_module_names(base_model: str, cache_dir: str | Path) -> set[str] | No
         identity = (Path(base_model).expanduser() / "config.json").read_text()
     else:
         return None
-    key = hashlib.sha256(f"{base_model}\n{identity}".encode()).hexdigest()[:16]
-    cache = Path(cache_dir) / f"module-names-{key}.json"
+    model = base_model if base_model.startswith(BUNDLED_PREFIX) else Path(base_model).expanduser()
+    return set(_cached(Path(cache_dir) / "module-names", f"{base_model}\n{identity}",
+                       lambda: sorted(module_names(model))))
+
+
+def _cached(prefix: Path, identity: str, compute):
+    """compute(), kept as JSON in {prefix}-{hash of identity}.json: computed once per identity."""
+    cache = prefix.with_name(f"{prefix.name}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.json")
     if cache.is_file():
-        return set(json.loads(cache.read_text()))
-    names = module_names(base_model if base_model.startswith(BUNDLED_PREFIX) else Path(base_model).expanduser())
-    write_json(cache, sorted(names))
-    return names
+        return json.loads(cache.read_text())
+    value = compute()
+    write_json(cache, value)
+    return value
