@@ -3,7 +3,7 @@ import sys
 from pathlib import Path
 
 from tracetune.config import endpoint_path, kept_truncate, result_settings, task_hash
-from tracetune.curate import edit_paths, read_reject_ids
+from tracetune.curate import edit_paths, read_trace_ids
 from tracetune.fingerprint import code_fingerprint
 from tracetune.jsonio import InputError
 from tracetune.preflight import check_inputs
@@ -108,13 +108,17 @@ def task_edits(wildcards):
 
 
 def task_rejects(wildcards):
-    return read_reject_ids("curation/reject.txt", wildcards.task)
+    return read_trace_ids("curation/reject.txt", wildcards.task)
 
 
-def task_imports(wildcards):
-    """Traces brought in with `tracetune import`, when there are any for this task."""
-    path = Path(f"data/traces/imported/{wildcards.task}.jsonl")
-    return [str(path)] if path.is_file() else []
+def task_keeps(wildcards):
+    return read_trace_ids("curation/keep.txt", wildcards.task)
+
+
+def task_added_traces(wildcards):
+    """Traces brought in with `tracetune import` or `tracetune record`, where this task has any."""
+    paths = [Path(f"data/traces/{kind}/{wildcards.task}.jsonl") for kind in ("imported", "recorded")]
+    return [str(path) for path in paths if path.is_file()]
 
 
 def task_check(wildcards):

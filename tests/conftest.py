@@ -38,3 +38,15 @@ def bundled_gguf_model(bundled_model) -> Path:
     if not out.is_file():
         export_gguf(bundled_model, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium, for the tests that drive a browser. Skipped where it is missing, but in
+    CI, which installs it first (scripts/install-system-deps.sh), missing is a failure."""
+    path = "/usr/bin/chromium"
+    if not Path(path).exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is not installed, although CI runs scripts/install-system-deps.sh first")
+        pytest.skip("chromium is not installed (scripts/install-system-deps.sh)")
+    return path

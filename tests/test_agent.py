@@ -199,3 +199,43 @@ def test_reference_replay_uses_real_tool_outputs():
     assert trace["messages"][3]["content"] == "12.50"
     assert trace["longest_tool_result"] == len("no such item")
     assert trace["tool_errors"] == [trace["messages"][6]["tool_calls"][0]["id"]]
+
+
+class ScriptedHook:
+    """A person as tracetune.record asks them: replace the first call's arguments, skip the second,
+    then add one user turn of their own."""
+
+    def __init__(self):
+        self.results, self.answers = [], []
+
+    def before_call(self, message, call):
+        if not self.results:
+            return {**call, "function": {**call["function"], "arguments": json.dumps({"item": "blue"})}}
+        return "Not now."
+
+    def after_call(self, call, result):
+        self.results.append(result["content"])
+
+    def after_answer(self, message, next_turn):
+        self.answers.append(message["content"])
+        return next_turn or ("And again?" if len(self.answers) == 1 else None)
+
+
+def test_a_hook_edits_skips_and_continues_through_the_same_loop():
+    hook = ScriptedHook()
+    with FakeEndpoint(tool_then_answer("get_price", {"item": "ghost"}, "Done.")) as fake_endpoint:
+        endpoint = Endpoint(fake_endpoint.base_url, "fake", timeout_s=2, max_retries=0)
+
+        async def agent():
+            async with endpoint.client() as client:
+                return await run_agent(client, endpoint, box, TASK, [PRICE_TOOL], Settings(), 0, None, hook=hook)
+
+        box = PriceBox()
+        trace = asyncio.run(agent())
+    assert box.calls == [{"item": "blue"}]  # the edited call ran; the skipped one did not
+    assert hook.results == ["12.50", "Not now."] and hook.answers == ["Done.", "Done."]
+    first, second = (m["tool_calls"][0] for m in trace["messages"] if m.get("tool_calls"))
+    assert json.loads(first["function"]["arguments"]) == {"item": "blue"}  # the trace keeps the edit
+    assert trace["tool_errors"] == [second["id"]] and trace["invalid_calls"] == []
+    assert [m["content"] for m in trace["messages"] if m["role"] == "user"] == [TASK["prompt"][0], "And again?"]
+    assert trace["outcome"] == {"status": "answered", "error": None, "turns": 4}

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tracetune.curate import curate_task, edit_paths, read_reject_ids, unrecovered_tool_errors, write_curation_report
+from tracetune.curate import curate_task, edit_paths, read_trace_ids, unrecovered_tool_errors, write_curation_report
 from tracetune.jsonio import InputError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -36,6 +36,12 @@ def test_filters_and_dedup():
 def test_check_is_rerun_not_trusted():
     kept, stats = curate(check={"contains": ["no such words"]})
     assert kept == [] and stats["dropped"]["check_failed"] == 7
+
+
+def test_a_task_without_a_check_is_judged_by_the_other_filters():
+    kept, stats = curate(check=None)
+    assert "price-total--s2" in [t["trace_id"] for t in kept]  # its answer fails CHECK
+    assert stats["dropped"]["check_failed"] == 0 and stats["dropped"]["not_answered"] == 1
 
 
 def test_unrecovered_errors_optional():
@@ -71,15 +77,21 @@ def test_hand_edit_replaces_and_reject(tmp_path):
 def test_reject_file(tmp_path):
     path = tmp_path / "reject.txt"
     path.write_text("# bad ones\nprice-total--s0  # wrong\n\nother--s1\n")
-    assert read_reject_ids(path, "price-total") == ["price-total--s0"]
-    assert read_reject_ids(path) == ["other--s1", "price-total--s0"]
-    assert read_reject_ids(tmp_path / "missing.txt") == []
+    assert read_trace_ids(path, "price-total") == ["price-total--s0"]
+    assert read_trace_ids(path) == ["other--s1", "price-total--s0"]
+    assert read_trace_ids(tmp_path / "missing.txt") == []
 
 
 @pytest.mark.parametrize("change, message", [
     (lambda t: t.update(trace_id="price-total--s99"), "file name"),
     (lambda t: t["messages"].append({"role": "bogus"}), r"messages\[7\]\.role"),
-    (lambda t: t["messages"][2]["tool_calls"][0]["function"].update(name="nope"), "unknown tool 'nope'"),
+    (lambda t: t["messages"][2]["tool_calls"][0]["function"].update(name="nope"),
+     r"messages\[2\]\.tool_calls\[0\]\.function\.name: unknown tool 'nope'"),
+    (lambda t: t["messages"][2]["tool_calls"][0]["function"].update(arguments='{"item": 3}'),
+     r"messages\[2\]\.tool_calls\[0\]\.function\.arguments: arguments do not match the schema"),
+    (lambda t: t["messages"].pop(3), r"messages\[2\]\.tool_calls\[0\]: call 'c1' has no tool result"),
+    (lambda t: t["messages"].pop(5), r"messages\[4\]\.tool_calls\[0\]: call 'c2' has no tool result"),
+    (lambda t: t["messages"][3].update(tool_call_id="c9"), r"messages\[3\]\.tool_call_id: 'c9' answers no earlier call"),
 ])
 def test_bad_edits(tmp_path, change, message):
     trace = raw_traces()[0]
@@ -118,8 +130,28 @@ def test_report(tmp_path):
     for task in ("price-total", "store-hours"):
         stats_paths.append(str(tmp_path / f"{task}.json"))
         curate_to_files(task, str(FIXTURES / "raw" / f"{task}.jsonl"), str(tmp_path / f"{task}.jsonl"),
-                        stats_paths[-1], check=None)
+                        stats_paths[-1], check=CHECK if task == "price-total" else None)
     report = write_curation_report(stats_paths, str(tmp_path / "curation.json"))
     assert report["totals"]["raw"] == 9 and report["totals"]["kept"] == 3
     assert report["tasks"]["price-total"]["dropped"]["duplicate"] == 2
     assert json.loads((tmp_path / "curation.json").read_text()) == report
+
+
+def test_hand_kept_traces_skip_the_filters_but_not_call_validity():
+    kept, stats = curate(kept=["price-total--s2", "price-total--s1", "price-total--s4"])
+    ids = [t["trace_id"] for t in kept]
+    assert "price-total--s2" in ids and "price-total--s1" in ids  # failed check; a duplicate
+    assert stats["dropped_traces"]["price-total--s4"] == "invalid_tool_call"
+    kept, stats = curate(kept=["price-total--s2"], rejected=["price-total--s2"])  # in both: rejected
+    assert stats["dropped_traces"]["price-total--s2"] == "rejected"
+
+
+def test_recorded_and_imported_traces_are_curated_beside_collected_ones(tmp_path):
+    recorded = tmp_path / "recorded.jsonl"
+    trace = raw_traces()[0] | {"trace_id": "price-total--rec0", "source": "recorded"}
+    recorded.write_text(json.dumps(trace) + "\n")
+    kept, stats = curate(added=[str(recorded)], kept=["price-total--rec0"])
+    assert stats["raw"] == 9 and "price-total--rec0" in [t["trace_id"] for t in kept]
+    recorded.write_text(json.dumps(raw_traces()[0]) + "\n")
+    with pytest.raises(InputError, match=r"recorded.jsonl: trace_id: 'price-total--s0' appears in .*price-total.jsonl too"):
+        curate(added=[str(recorded)])

@@ -61,16 +61,9 @@ def snakemake(wf: Path, *args: str, timeout: int = 600, check: bool = True) -> s
 
 def planned_jobs(wf: Path, *targets: str) -> list[str]:
     """'rule:wildcards' of every job a dry run plans."""
-    out = snakemake(wf, "-n", *targets).stdout
-    jobs, rule = [], None
-    for line in out.splitlines():
-        line = line.strip()
-        if line.startswith(("rule ", "localrule ")) and line.endswith(":"):
-            rule = line.split()[1].rstrip(":")
-            jobs.append(rule)
-        elif line.startswith("wildcards:") and rule:
-            jobs[-1] = f"{rule}:{line.split(':', 1)[1].strip()}"
-    return jobs
+    from tracetune.review import parse_planned_jobs
+
+    return parse_planned_jobs(snakemake(wf, "-n", *targets).stdout)
 
 
 def served_processes() -> list[psutil.Process]:

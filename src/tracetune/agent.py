@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from tracetune.config import section_settings
 from tracetune.parsing import call_arguments, normalize_assistant, tool_call_problem, tool_schemas
@@ -132,6 +133,12 @@ class Recorder:
             content = result.content
         self.messages.append({"role": "tool", "tool_call_id": call["id"], "name": name, "content": content})
 
+    def skip_tool_call(self, call: dict, content: str) -> None:
+        """A call a person declined: not run; their message is its result, so it counts as a tool error."""
+        self.tool_errors.append(call["id"])
+        self.messages.append({"role": "tool", "tool_call_id": call["id"], "name": call["function"]["name"],
+                              "content": content})
+
     def outcome(self, status: str, error: str | None = None) -> dict:
         turns = sum(1 for m in self.messages if m["role"] == "assistant")
         return {
@@ -168,16 +175,35 @@ def opening_messages(task: dict, system_prompt: str | None) -> list[dict]:
     return [{"role": "system", "content": system_prompt}] if system_prompt else []
 
 
+class AgentHook(Protocol):
+    """A person steering run_agent (tracetune.record). Any method may raise to end the run."""
+
+    def before_call(self, message: dict, call: dict) -> dict | str:
+        """The call to run (its arguments possibly replaced), or a message the model reads as its
+        result instead of running it. `message` is the assistant turn that made the call."""
+
+    def after_call(self, call: dict, result: dict) -> None:
+        """The tool message a call was answered with."""
+
+    def after_answer(self, message: dict, next_turn: str | None) -> str | None:
+        """The user turn to send next (the task's own `next_turn`, or another), or None to end;
+        may change the answer's content in `message`."""
+
+
 async def run_agent(client, endpoint: Endpoint, toolbox, task: dict, tools: list[dict],
-                    settings: Settings, sample: int, system_prompt: str | None) -> dict:
-    """Run the model on every user turn of the task until it answers, or max_turns is spent."""
+                    settings: Settings, sample: int, system_prompt: str | None,
+                    hook: AgentHook | None = None) -> dict:
+    """Run the model on every user turn of the task until it answers, or max_turns is spent.
+    A `hook` is asked before each tool call and after each answer; without one the run is autonomous."""
     import openai
 
     rec = Recorder(opening_messages(task, system_prompt), tools)
     max_turns = task.get("max_turns", settings.max_turns)
     turns = 0
+    task_turns = iter(task["prompt"])
+    user_turn = next(task_turns)
     try:
-        for user_turn in task["prompt"]:
+        while user_turn is not None:
             rec.messages.append({"role": "user", "content": user_turn})
             while True:
                 if turns >= max_turns:
@@ -194,12 +220,29 @@ async def run_agent(client, endpoint: Endpoint, toolbox, task: dict, tools: list
                 rec.messages.append(message)
                 if not message.get("tool_calls"):
                     break
-                for call in message["tool_calls"]:
-                    await rec.run_tool_call(toolbox, call)
+                for i in range(len(message["tool_calls"])):
+                    await run_call(rec, toolbox, message, i, hook)
+            user_turn = next(task_turns, None)
+            if hook is not None:
+                user_turn = hook.after_answer(message, user_turn)
         return rec.outcome("answered")
     except openai.APIError as e:
         # Retries are spent: keep what was collected, with the reason (never the key).
         return rec.outcome("error", f"{type(e).__name__}: {str(e)[:300]}")
+
+
+async def run_call(rec: Recorder, toolbox, message: dict, i: int, hook: AgentHook | None) -> None:
+    """The i-th call of `message`, as the hook decides: run (its edited arguments kept in the
+    trace, as if the model had written them) or skipped with the person's message."""
+    call = message["tool_calls"][i]
+    decision = call if hook is None else hook.before_call(message, call)
+    if isinstance(decision, str):
+        rec.skip_tool_call(call, decision)
+    else:
+        message["tool_calls"][i] = decision
+        await rec.run_tool_call(toolbox, decision)
+    if hook is not None:
+        hook.after_call(message["tool_calls"][i], rec.messages[-1])
 
 
 async def replay_reference(toolbox, task: dict, tools: list[dict], system_prompt: str | None) -> dict:

@@ -30,28 +30,44 @@ def trace_id(task_id: str, sample: int | None) -> str:
     return f"{task_id}--ref" if sample is None else f"{task_id}--s{sample}"
 
 
-async def run_one(task: dict, taskfile: TaskFile, endpoint: Endpoint | None, settings: Settings,
-                  sample: int | None, client=None, reverse_tools: bool = False) -> dict:
-    """One trace: the reference plan when sample is None, else one model sample, offered the
-    tools in reverse order with `reverse_tools` (evaluation's robustness check). Never raises."""
-    servers = {name: taskfile.servers[name] for name in task["servers"]}
-    header = {
-        "trace_id": trace_id(task["id"], sample), "task_id": task["id"], "sample": sample or 0,
-        "source": "reference" if sample is None else "model",
-        "model": None if sample is None else endpoint.model,
-        "endpoint": None if sample is None else public_url(endpoint.base_url),
+def trace_header(task: dict, taskfile: TaskFile, settings: Settings, endpoint: Endpoint | None, *,
+                 trace_id: str, sample: int, source: str) -> dict:
+    """What a trace records before its run (a model's traces name the model and its endpoint);
+    `task_toolbox` adds the tools."""
+    return {
+        "trace_id": trace_id, "task_id": task["id"], "sample": sample, "source": source,
+        "model": endpoint.model if endpoint else None,
+        "endpoint": public_url(endpoint.base_url) if endpoint else None,
         "spec_hash": task_hash(task, taskfile.servers, taskfile.system_prompt),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "truncate": settings.truncate,  # the cut of tool results (longest_tool_result: before it)
         "tools": [],
     }
+
+
+@contextlib.asynccontextmanager
+async def task_toolbox(task: dict, taskfile: TaskFile, settings: Settings, header: dict, reverse_tools: bool = False):
+    """A fresh ToolBox of the task's servers (stateful tools, like orders, start from the same
+    state every trace), the tools it offers written into `header`."""
+    servers = {name: taskfile.servers[name] for name in task["servers"]}
+    async with ToolBox(servers, truncate=settings.truncate, tool_timeout_s=settings.tool_timeout_s) as toolbox:
+        # Every tool of the task's servers, for training rows that offer the full list.
+        header["server_tools"] = toolbox.openai_tools(task["servers"])
+        tools = toolbox.openai_tools(task["servers"], task.get("tools"))
+        header["tools"] = tools[::-1] if reverse_tools else tools
+        yield toolbox
+
+
+async def run_one(task: dict, taskfile: TaskFile, endpoint: Endpoint | None, settings: Settings,
+                  sample: int | None, client=None, reverse_tools: bool = False) -> dict:
+    """One trace: the reference plan when sample is None, else one model sample, offered the
+    tools in reverse order with `reverse_tools` (evaluation's robustness check). Never raises."""
+    header = trace_header(task, taskfile, settings, None if sample is None else endpoint,
+                          trace_id=trace_id(task["id"], sample), sample=sample or 0,
+                          source="reference" if sample is None else "model")
     try:
-        # A fresh set of servers per trace: stateful tools (orders) start from the same state.
-        async with ToolBox(servers, truncate=settings.truncate, tool_timeout_s=settings.tool_timeout_s) as toolbox:
-            # Every tool of the task's servers, for training rows that offer the full list.
-            header["server_tools"] = toolbox.openai_tools(task["servers"])
-            tools = toolbox.openai_tools(task["servers"], task.get("tools"))
-            header["tools"] = tools = tools[::-1] if reverse_tools else tools
+        async with task_toolbox(task, taskfile, settings, header, reverse_tools) as toolbox:
+            tools = header["tools"]
             if sample is None:
                 body = await replay_reference(toolbox, task, tools, taskfile.system_prompt)
             else:

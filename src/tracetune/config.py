@@ -350,6 +350,8 @@ def load_tasks(path: str | Path) -> TaskFile:
         unknown = [s for s in task["servers"] if s not in doc["servers"]]
         if unknown:
             raise InputError(f"{where}: servers: unknown server {unknown[0]!r} (known: {', '.join(doc['servers'])})")
+        if task["split"] == "eval" and "check" not in task:
+            raise InputError(f"{where}: check: an eval task needs a check (it is how the task is scored)")
         if isinstance(task["prompt"], str):
             task["prompt"] = [task["prompt"]]
         answers = sum(1 for step in task.get("reference", []) if "answer" in step)

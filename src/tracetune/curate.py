@@ -1,14 +1,17 @@
 """Curate raw traces: validate, apply hand edits and rejects, filter, deduplicate.
 
 A trace is kept when it is not rejected by hand, its check passes (judged here, so hand edits are
-judged too, and a changed check reruns curation, not collection), it ended with an answer, every
+judged too, and a changed check reruns curation, not collection; a train task may have no check,
+and then only the other filters and the hand verdicts judge it), it ended with an answer, every
 tool call is valid (tracetune.parsing.tool_call_problem, the rule the agent and evaluation apply
 too) and, optionally, no tool error went unrecovered.
 Exact and near duplicates (same calls and arguments, same normalised text) are dropped.
 
-Hand edits live in `curation/edits/{trace_id}.json` (a full trace with the same trace_id; trace
-ids are `{task}--…`, so the file name tells which task's curate job reads it) and rejects in
-`curation/reject.txt` (one trace id per line, `#` comments).
+A task's traces are its collected ones plus those brought in by `tracetune import` and `tracetune
+record` (data/traces/{imported,recorded}/{task}.jsonl). Hand edits live in
+`curation/edits/{trace_id}.json` (a full trace with the same trace_id; trace ids are `{task}--…`,
+so the file name tells which task's curate job reads it); hand verdicts in `curation/reject.txt`
+and `curation/keep.txt` (one trace id per line, `#` comments). `tracetune review` writes all three.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from tracetune.parsing import call_arguments, tool_call_problem, tool_schemas
 
 # Reasons a trace is dropped, in the order they are tested (a trace counts under its first reason).
 REASONS = ("rejected", "not_answered", "check_failed", "invalid_tool_call", "unrecovered_tool_error", "duplicate")
+# The filters a trace kept by hand skips: the reviewer read it. An invalid call it still fails,
+# since training on it teaches the call; fix its arguments instead.
+OVERRIDABLE = {"not_answered", "check_failed", "unrecovered_tool_error", "duplicate"}
 
 
 @cache
@@ -44,7 +50,7 @@ def validate_trace(trace: dict, where: str) -> None:
                 raise InputError(f"{where}: messages[{i}].tool_calls[{j}].function.arguments: must be a JSON string")
 
 
-# --- hand edits and rejects ---------------------------------------------------------------------
+# --- hand edits and hand verdicts ---------------------------------------------------------------
 
 def task_of_trace_id(trace_id: str) -> str:
     """Trace ids are `{task}--{suffix}`: the task is everything before the last `--`."""
@@ -57,8 +63,9 @@ def edit_paths(edits_dir: str | Path, task_id: str) -> list[str]:
     return [str(p) for p in paths if task_of_trace_id(p.stem) == task_id]
 
 
-def read_reject_ids(path: str | Path, task_id: str | None = None) -> list[str]:
-    """Trace ids listed in reject.txt (blank lines and `#` comments ignored), optionally one task's."""
+def read_trace_ids(path: str | Path, task_id: str | None = None) -> list[str]:
+    """Trace ids listed in reject.txt or keep.txt (blank lines and `#` comments ignored), optionally
+    one task's."""
     path = Path(path)
     if not path.is_file():
         return []
@@ -82,14 +89,36 @@ def load_edit(path: str | Path, task_id: str, known_ids: set[str]) -> dict:
         raise InputError(f"{path}: task_id: {trace['task_id']!r}, expected {task_id!r}")
     if trace["trace_id"] not in known_ids:
         raise InputError(f"{path}: trace_id: unknown trace {trace['trace_id']!r} (not in the collected traces)")
-    # A hand edit is user input: a call to a tool the trace does not offer is a mistake, not data.
-    known_tools = tool_schemas(trace.get("tools"))
-    for i, message in enumerate(trace["messages"]):
-        for j, call in enumerate(message.get("tool_calls") or []):
-            if call["function"]["name"] not in known_tools:
-                raise InputError(f"{path}: messages[{i}].tool_calls[{j}].function.name: "
-                                 f"unknown tool {call['function']['name']!r} (not in the trace's tools)")
+    problem = edit_problem(trace)
+    if problem:
+        raise InputError(f"{path}: {problem}")
     return trace
+
+
+def edit_problem(trace: dict) -> str | None:
+    """Why a hand-edited trace is not one to train on, as `field: reason`, or None. An edit is the
+    user's word, so what the model may get wrong is a mistake here: every call must be valid for
+    the trace's tools (tracetune.parsing's rule) and answered by a tool message, and every tool
+    message must answer an earlier call."""
+    schemas = tool_schemas(trace.get("tools"))
+    pending: dict[str, str] = {}
+    for i, message in enumerate(trace["messages"]):
+        if message["role"] == "tool":
+            if pending.pop(message["tool_call_id"], None) is None:
+                return f"messages[{i}].tool_call_id: {message['tool_call_id']!r} answers no earlier call"
+            continue
+        if pending:
+            return f"{next(iter(pending.values()))}: call {next(iter(pending))!r} has no tool result"
+        for j, call in enumerate(message.get("tool_calls") or []):
+            problem = tool_call_problem(call["function"], schemas)
+            field = f"messages[{i}].tool_calls[{j}]"
+            if problem is not None:
+                part = "name" if problem.kind == "unknown_tool" else "arguments"
+                return f"{field}.function.{part}: {problem.message}"
+            pending[call["id"]] = field
+    if pending:
+        return f"{next(iter(pending.values()))}: call {next(iter(pending))!r} has no tool result"
+    return None
 
 
 # --- filters ------------------------------------------------------------------------------------
@@ -120,7 +149,8 @@ def unrecovered_tool_errors(trace: dict) -> list[str]:
 
 
 def drop_reason(trace: dict, rejected: set[str], drop_unrecovered: bool) -> str | None:
-    """Why a trace is dropped (its check verdict already in trace["check"]), or None."""
+    """Why curation's filters drop a trace (its check verdict already in trace["check"]), or None;
+    duplicates are found later, among the traces that pass."""
     if trace["trace_id"] in rejected:
         return "rejected"
     if (trace.get("outcome") or {}).get("status") != "answered":
@@ -200,47 +230,58 @@ def read_raw_traces(path: str | Path, task_id: str) -> list[dict]:
     return traces
 
 
-def curate_task(task_id: str, raw_path: str | Path, *, check: dict | None, edits: list[str] = (),
-                imported: list[str] = (),
-                rejected: list[str] = (), system_prompt: str | None = None,
-                keep_system_prompt: bool = False, drop_unrecovered_tool_errors: bool = True
-                ) -> tuple[list[dict], dict]:
-    """Return (kept traces, stats) for one task. `check` is the task's check spec, judged here on
-    every trace, hand-edited ones included (None: keep the verdict a trace carries); `imported`
-    are traces brought in by `tracetune import` (data/traces/imported/{task}.jsonl)."""
-    traces = [t for path in [raw_path, *imported] for t in read_raw_traces(path, task_id)]
-    ids = [t["trace_id"] for t in traces]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise InputError(f"{imported[0] if imported else raw_path}: trace_id: {dup!r} appears twice")
-    by_id = {t["trace_id"]: t for t in traces}
-    edited = [load_edit(path, task_id, set(by_id)) for path in edits]
-    for trace in edited:
-        by_id[trace["trace_id"]] = trace
-    traces = [by_id[t["trace_id"]] for t in traces]
-    if check is not None:
-        traces = [t | {"check": verdict(check, t)} for t in traces]
+def read_task_traces(task_id: str, paths: list[str | Path], edits: list[str] = ()) -> tuple[list[dict], list[str]]:
+    """A task's traces from every file (collected, imported, recorded), each replaced by its hand
+    edit when it has one; and the ids of the edited ones."""
+    traces, where = [], {}
+    for path in paths:
+        for trace in read_raw_traces(path, task_id):
+            if trace["trace_id"] in where:
+                raise InputError(f"{path}: trace_id: {trace['trace_id']!r} appears in {where[trace['trace_id']]} too")
+            where[trace["trace_id"]] = path
+            traces.append(trace)
+    edited = {t["trace_id"]: t for t in (load_edit(path, task_id, set(where)) for path in edits)}
+    return [edited.get(t["trace_id"], t) for t in traces], sorted(edited)
 
-    reasons: Counter = Counter()
-    dropped: dict[str, str] = {}
-    candidates = []
+
+def judge_task(traces: list[dict], *, check: dict | None, rejected: list[str] = (), kept: list[str] = (),
+               drop_unrecovered_tool_errors: bool = True) -> list[tuple[dict, str | None]]:
+    """Every trace with its check verdict judged (`check` None: the task has none, so every trace
+    passes it) and why curation drops it (None: kept), in input order. Hand verdicts win: a
+    rejected trace is dropped, a kept one skips the OVERRIDABLE filters."""
+    no_check = {"passed": True, "detail": "the task has no check"}
+    traces = [t | {"check": no_check if check is None else verdict(check, t)} for t in traces]
+    rejected, kept = set(rejected), set(kept) - set(rejected)
+    reasons = {}
     for trace in traces:
-        reason = drop_reason(trace, set(rejected), drop_unrecovered_tool_errors)
-        if reason:
-            reasons[reason] += 1
-            dropped[trace["trace_id"]] = reason
-        else:
-            candidates.append(trace)
-    kept, duplicates = drop_duplicates(candidates)
-    reasons["duplicate"] += len(duplicates)
-    dropped.update({t["trace_id"]: "duplicate" for t in duplicates})
+        reason = drop_reason(trace, rejected, drop_unrecovered_tool_errors)
+        reasons[trace["trace_id"]] = None if trace["trace_id"] in kept and reason in OVERRIDABLE else reason
+    passing = [t for t in traces if reasons[t["trace_id"]] is None and t["trace_id"] not in kept]
+    for duplicate in drop_duplicates(passing)[1]:
+        reasons[duplicate["trace_id"]] = "duplicate"
+    return [(t, reasons[t["trace_id"]]) for t in traces]
+
+
+def curate_task(task_id: str, raw_path: str | Path, *, check: dict | None, edits: list[str] = (),
+                added: list[str] = (), rejected: list[str] = (), kept: list[str] = (),
+                system_prompt: str | None = None, keep_system_prompt: bool = False,
+                drop_unrecovered_tool_errors: bool = True) -> tuple[list[dict], dict]:
+    """Return (kept traces, stats) for one task. `check` is the task's check spec, judged here on
+    every trace, hand-edited ones included (None: the task has no check); `added` are
+    traces brought in by `tracetune import` or `tracetune record`."""
+    traces, edited = read_task_traces(task_id, [raw_path, *added], edits)
+    judged = judge_task(traces, check=check, rejected=rejected, kept=kept,
+                        drop_unrecovered_tool_errors=drop_unrecovered_tool_errors)
+    dropped = {t["trace_id"]: reason for t, reason in judged if reason}
+    kept_traces = [t for t, reason in judged if not reason]
     if not keep_system_prompt:
-        kept = [strip_system_prompt(t, system_prompt) for t in kept]
+        kept_traces = [strip_system_prompt(t, system_prompt) for t in kept_traces]
+    reasons = Counter(dropped.values())
     stats = {
-        "task_id": task_id, "raw": len(traces), "kept": len(kept), "edited": sorted(t["trace_id"] for t in edited),
+        "task_id": task_id, "raw": len(traces), "kept": len(kept_traces), "edited": edited,
         "dropped": {reason: reasons[reason] for reason in REASONS}, "dropped_traces": dropped,
     }
-    return kept, stats
+    return kept_traces, stats
 
 
 def curate_to_files(task_id: str, raw_path: str, out_path: str, stats_path: str, **settings) -> dict:

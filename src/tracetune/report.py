@@ -250,20 +250,21 @@ def transcript(trace: dict) -> dict:
     errors = set(trace.get("tool_errors") or [])
     results = {m.get("tool_call_id"): m for m in trace.get("messages", []) if m.get("role") == "tool"}
     items = []
-    for m in trace.get("messages", []):
+    for index, m in enumerate(trace.get("messages", [])):
         if m.get("role") == "tool":
             continue  # shown under the call it answers
         calls = [{"name": (c.get("function") or {}).get("name"),
                   "arguments": pretty_arguments((c.get("function") or {}).get("arguments")),
                   "result": (results.get(c.get("id")) or {}).get("content"),
                   "error": c.get("id") in errors} for c in m.get("tool_calls") or []]
-        items.append({"role": m.get("role"), "content": m.get("content") or "",
+        items.append({"role": m.get("role"), "content": m.get("content") or "", "index": index,
                       "reasoning": m.get("reasoning_content") or "", "calls": calls})
     # Results without a matching call (should not happen, but must not vanish).
     known = {c.get("id") for m in trace.get("messages", []) for c in m.get("tool_calls") or []}
     for call_id, m in results.items():
         if call_id not in known:
-            items.append({"role": "tool", "content": m.get("content") or "", "reasoning": "", "calls": []})
+            items.append({"role": "tool", "content": m.get("content") or "", "reasoning": "", "calls": [],
+                          "index": None})
     outcome = trace.get("outcome") or {}
     return {"trace_id": trace.get("trace_id"), "task_id": trace.get("task_id"), "sample": trace.get("sample"),
             "status": outcome.get("status"), "error": outcome.get("error"), "turns": outcome.get("turns"),
