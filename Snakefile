@@ -23,6 +23,7 @@ include: "rules/curate.smk"
 include: "rules/dataset.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/rl.smk"
 
 
 # Everything but the heavy compute runs where Snakemake runs: collection and evaluation talk to
@@ -38,6 +39,8 @@ localrules:
     push_dataset,
     evaluate,
     report,
+    report_rl,
+    rl,
     push_model,
 
 

@@ -2,11 +2,12 @@
 import sys
 from pathlib import Path
 
-from tracetune.config import endpoint_path, kept_truncate, result_settings, task_hash
+from tracetune.config import endpoint_path, kept_truncate, result_settings, section_settings, task_hash
 from tracetune.curate import edit_paths, read_trace_ids
 from tracetune.fingerprint import code_fingerprint
 from tracetune.jsonio import InputError
 from tracetune.preflight import check_inputs
+from tracetune.rl import rl_tasks
 
 try:  # before anything runs: a bad input stops the run with one line
     TASKFILE = check_inputs(config, ".snakemake/tracetune")
@@ -37,9 +38,13 @@ def task_spec_hash(wildcards):
 
 
 def task_server_sources(wildcards):
+    return server_sources(wildcards.task)
+
+
+def server_sources(task_id):
     """The demo servers' own code, for tasks that use them (third-party servers are not tracked)."""
     paths = []
-    for name in TASKS[wildcards.task]["servers"]:
+    for name in TASKS[task_id]["servers"]:
         spec = TASKFILE.servers[name]
         for arg in spec.get("args", []):
             if arg.startswith("tracetune.servers."):
@@ -150,9 +155,11 @@ def reorder_check(wildcards):
     return result_settings(config, "evaluate", "reorder_check") and wildcards.model != config["report"]["baseline"]
 
 
-def eval_losses():
-    """The held-out losses the report shows, when the loss is enabled."""
-    return expand("data/eval/{model}/loss.json", model=eval_models()) if config["evaluate"]["loss"]["enabled"] else []
+def eval_losses(models=None):
+    """The held-out losses a report shows, when the loss is enabled."""
+    if not config["evaluate"]["loss"]["enabled"]:
+        return []
+    return expand("data/eval/{model}/loss.json", model=models or eval_models())
 
 
 def eval_agent_settings():
@@ -179,3 +186,36 @@ def report_targets():
 def all_targets():
     """The demo's end product: the report, with every stage before it."""
     return raw_traces() + ["data/reports/curation.json", "data/dataset/train.parquet"] + report_targets()
+
+
+# --- rl -------------------------------------------------------------------------------------
+
+
+def rl_settings():
+    return section_settings("rl", config.get("rl"))
+
+
+def rl_spec():
+    """The tasks RL rolls out, their checks included, and their servers: a change reruns it. Bad
+    RL input stops the run in one line, but only when an rl job is planned."""
+    try:
+        tasks = rl_tasks(TASKFILE, rl_settings())
+    except InputError as e:
+        sys.exit(f"tracetune: {e}")
+    return {t["id"]: task_hash(t, TASKFILE.servers, TASKFILE.system_prompt, judged=True) for t in tasks}
+
+
+def rl_init_adapter(wildcards):
+    """The SFT adapter RL continues (rl.init: sft), or none (a fresh LoRA on the base model)."""
+    return f"data/adapters/{wildcards.run}" if rl_settings()["init"] == "sft" else []
+
+
+def rl_server_sources(wildcards):
+    """The demo servers' code of the tasks RL rolls out (as collection tracks it)."""
+    return sorted({path for task in rl_spec() for path in server_sources(task)})
+
+
+def rl_report_models():
+    """base, the SFT run and its RL run: the report of `snakemake rl`."""
+    run = config["train"]["run"]
+    return ["base", run, f"{run}-rl"]

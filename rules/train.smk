@@ -14,7 +14,7 @@ rule train:
         train=result_settings(config, "train"),
         checkpoints="data/checkpoints/{run}",
     wildcard_constraints:
-        run=r"(?!base$)[A-Za-z0-9._-]+",
+        run=r"(?!base$)(?![A-Za-z0-9._-]*-rl$)[A-Za-z0-9._-]+",  # {run}-rl is GRPO's (rules/rl.smk)
     threads: 4
     resources:
         mem_mb=16000,

@@ -95,3 +95,23 @@ class FakeEndpoint:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+
+def scripted_generation(call: dict, answer: str, done_when: str):
+    """A stand-in for GRPOTrainer._generate_single_turn: whatever the weights, the policy calls
+    `call` ({"name", "arguments"}) until a prompt holds `done_when` (its tool result), then answers,
+    in the chat template's own tokens. The trainer then scores, masks and trains on these tokens
+    as on sampled ones, so a test knows every rollout and its reward."""
+
+    def generate(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        tokenizer = self.processing_class
+        out = []
+        for ids in prompt_ids:
+            if done_when in tokenizer.decode(ids):
+                text = f"{answer}<|im_end|>"
+            else:
+                text = f"<tool_call>\n{json.dumps(call)}\n</tool_call><|im_end|>"
+            out.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return out, None
+
+    return generate

@@ -194,7 +194,7 @@ import json
 from pathlib import Path
 
 for path in map(Path, snakemake.output):
-    if snakemake.rule in ("train", "merge"):
+    if snakemake.rule in ("train", "merge", "grpo"):
         path.mkdir(parents=True, exist_ok=True)
         (path / "stand-in").write_text("")
     elif path.suffix == ".jsonl":
@@ -204,8 +204,17 @@ for path in map(Path, snakemake.output):
 '''
 SITE_TASK = "site-sunday-open"  # the first variant of site-{slug}: its page is 409 characters long
 RERUN_TASKS = ["price-kettle", "stock-teapot", SITE_TASK, "eval-price-chefs-knife"]
-AFTER_MERGE = {"merge:run=lora", "gguf:model=lora", "eval_loss:model=lora", "evaluate:model=lora", "report", "all"}
-AFTER_DATASET = {"build_dataset", "train:run=lora", "eval_loss:model=base"} | AFTER_MERGE  # base is evaluated as before
+# Dry runs plan `all` and `rl` (GRPO from the SFT run, merged, evaluated and reported beside it).
+REPORTS = {"report", "all", "report_rl", "rl"}
+RL_AFTER_MERGE = {"merge:run=lora-rl", "gguf:model=lora-rl", "eval_loss:model=lora-rl", "evaluate:model=lora-rl",
+                  "report_rl", "rl"}
+RL_CHAIN = {"grpo:run=lora"} | RL_AFTER_MERGE
+SERVED = {"evaluate:model=lora", "evaluate:model=lora-rl"} | REPORTS  # how the tuned models are served
+SERVED_GGUF = {"gguf:model=lora", "gguf:model=lora-rl"} | SERVED
+EVALUATE_BOTH = {"evaluate:model=base", "evaluate:model=lora", "evaluate:model=lora-rl"} | REPORTS
+AFTER_MERGE = {"merge:run=lora", "gguf:model=lora", "eval_loss:model=lora", "evaluate:model=lora"} | REPORTS
+AFTER_DATASET = ({"build_dataset", "train:run=lora", "eval_loss:model=base"}  # base is evaluated as before
+                 | AFTER_MERGE | RL_CHAIN)  # RL continues the retrained SFT adapter
 AFTER_CURATE = {"curation_report"} | AFTER_DATASET
 CURATE_ALL = {f"curate:task={t}" for t in RERUN_TASKS} | AFTER_CURATE
 
@@ -226,20 +235,20 @@ def finished(tmp_path_factory, bundled_model):
         (wf / "src").unlink()  # its own copy of the package: the code-change cases edit it
         shutil.copytree(ROOT / "src", wf / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         write_tasks(wf, tasks)
-        for rule in ("train", "merge", "gguf", "eval_loss", "evaluate", "report"):
+        for rule in ("train", "merge", "gguf", "eval_loss", "evaluate", "report", "grpo"):
             script = wf / "rules" / "scripts" / f"{rule}.py"
             # The real script's imports, never run, keep its code fingerprint the real one.
             imports = [line for line in script.read_text().splitlines() if line.startswith("from tracetune.")]
             script.write_text("if False:\n" + "".join(f"    {line}\n" for line in imports) + STAND_IN)
-        snakemake(wf)
+        snakemake(wf, "all", "rl")
     raw = [yaml.safe_load(line) for line in (wf / f"data/traces/raw/{SITE_TASK}.jsonl").read_text().splitlines()]
     assert [(t["truncate"], t["longest_tool_result"]) for t in raw] == [(4000, 409)]
-    assert planned_jobs(wf) == []  # a finished run plans nothing
+    assert planned_jobs(wf, "all", "rl") == []  # a finished run plans nothing
     return wf
 
 
-def planned_after(wf: Path, changes: dict) -> set[str]:
-    """The jobs a dry run of `all` plans with config.yaml changed (dotted keys); the file is restored."""
+def planned_after(wf: Path, changes: dict, targets=("all", "rl")) -> set[str]:
+    """The jobs a dry run of `targets` plans with config.yaml changed (dotted keys); the file is restored."""
     path = wf / "config.yaml"
     original = path.read_text()
     settings = yaml.safe_load(original)
@@ -251,14 +260,15 @@ def planned_after(wf: Path, changes: dict) -> set[str]:
         node[key] = value
     path.write_text(yaml.safe_dump(settings))
     try:
-        return set(planned_jobs(wf))
+        return set(planned_jobs(wf, *targets))
     finally:
         path.write_text(original)
 
 
 OPERATIONAL = {"endpoint.api_key_env": "SHOP_KEY", "endpoint.timeout_s": 300, "endpoint.max_retries": 1,
                "collect.concurrency": 4, "collect.tool_timeout_s": 60, "train.save_steps": 25,
-               "train.save_total_limit": 5, "train.gradient_checkpointing": True, "evaluate.max_error_rate": 0.4}
+               "train.save_total_limit": 5, "train.gradient_checkpointing": True, "evaluate.max_error_rate": 0.4,
+               "rl.save_steps": 2}
 
 
 def test_the_rerun_matrix_covers_every_operational_setting():
@@ -281,7 +291,7 @@ def planned_after_task_edit(wf: Path, task_id: str, edit) -> set[str]:
     edit(next(t for t in doc["tasks"] if t["id"] == task_id))
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     try:
-        return set(planned_jobs(wf))
+        return set(planned_jobs(wf, "all", "rl"))
     finally:
         path.write_text(original)
 
@@ -291,6 +301,7 @@ def test_a_changed_check_is_judged_again_not_collected_again(finished):
         task["check"]["contains"] = [*task["check"].get("contains", []), "teapot"]
 
     assert planned_after_task_edit(finished, "stock-teapot", stricter) == {"curate:task=stock-teapot"} | AFTER_CURATE
+    # (RL judges the check itself: its job is in AFTER_CURATE, through the retrained SFT adapter, too)
     assert planned_after_task_edit(finished, "eval-price-chefs-knife", stricter) == (
         {"curate:task=eval-price-chefs-knife", "evaluate:model=base"} | AFTER_CURATE)
 
@@ -298,23 +309,23 @@ def test_a_changed_check_is_judged_again_not_collected_again(finished):
 def test_target_settings_rerun_nothing_already_built(finished):
     shutil.copy(finished / "tasks.yaml", finished / "tasks-copy.yaml")
     assert planned_after(finished, {"tasks": "tasks-copy.yaml"}) == set()
-    assert planned_after(finished, {"train.run": "another"}) == set()  # only push_model pushes it
+    assert planned_after(finished, {"train.run": "another"}, targets=("all",)) == set()  # only push_model pushes it
 
 
 @pytest.mark.parametrize("changes, planned", [
     # Agent settings reach the task with a model sample and the evaluation, not the reference plans.
     ({"collect.max_tokens": 128}, {"collect:task=stock-teapot", "curate:task=stock-teapot", "evaluate:model=base"}
      | AFTER_CURATE),
-    ({"collect.truncate": 1000}, set()),  # no tool result is longer than 1000 characters
+    ({"collect.truncate": 1000}, RL_CHAIN),  # no collected result is that long; RL's own results may be
     ({"collect.truncate": 300}, {f"collect:task={SITE_TASK}", f"curate:task={SITE_TASK}"} | AFTER_CURATE),
     ({"curate.keep_system_prompt": True}, {f"curate:task={t}" for t in RERUN_TASKS} | {"evaluate:model=base"}
      | AFTER_CURATE),  # the evaluation asks as the model was trained
     ({"dataset.max_seq_len": 1024}, AFTER_DATASET),
     ({"train.lora_r": 8}, {"train:run=lora"} | AFTER_MERGE),
-    ({"serve.gguf_type": "q8_0"}, {"gguf:model=lora", "evaluate:model=lora", "report", "all"}),
-    ({"serve.engine": "transformers"}, {"evaluate:model=lora", "report", "all"}),  # serves the merged directory
-    ({"evaluate.temperature": 0.5}, {"evaluate:model=base", "evaluate:model=lora", "report", "all"}),
-    ({"report.title": "Shop agent"}, {"report", "all"}),
+    ({"serve.gguf_type": "q8_0"}, SERVED_GGUF),
+    ({"serve.engine": "transformers"}, SERVED),  # serves the merged directory
+    ({"evaluate.temperature": 0.5}, EVALUATE_BOTH),
+    ({"report.title": "Shop agent"}, REPORTS),
 ], ids=lambda value: ",".join(value) if isinstance(value, dict) else None)
 def test_result_setting_reruns_exactly_what_it_changes(finished, changes, planned):
     assert planned_after(finished, changes) == planned
@@ -322,9 +333,8 @@ def test_result_setting_reruns_exactly_what_it_changes(finished, changes, planne
 
 # Every result setting of config.yaml, changed alone: the exact jobs it reruns. (The cases above
 # say why for the subtle ones; evaluate.endpoints.* is covered by the endpoint's own keys.)
-TRAIN = {"train:run=lora"} | AFTER_MERGE
-EVALUATE_BOTH = {"evaluate:model=base", "evaluate:model=lora", "report", "all"}
-EVAL_LOSS_BOTH = {"eval_loss:model=base", "eval_loss:model=lora", "report", "all"}
+TRAIN = {"train:run=lora"} | AFTER_MERGE | RL_CHAIN
+EVAL_LOSS_BOTH = {"eval_loss:model=base", "eval_loss:model=lora", "eval_loss:model=lora-rl"} | REPORTS
 SAMPLED = {"collect:task=stock-teapot", "curate:task=stock-teapot"} | AFTER_CURATE  # the task with a model sample
 EVERY_RESULT_SETTING = {
     "endpoint.base_url": ("http://127.0.0.1:9/v1", SAMPLED | {"evaluate:model=base"}),
@@ -368,18 +378,34 @@ EVERY_RESULT_SETTING = {
     "train.weight_decay": (0.01, TRAIN),
     "train.max_grad_norm": (0.5, TRAIN),
     "train.seed": (1, TRAIN),
-    "merge.dtype": ("float16", AFTER_MERGE),
-    "serve.engine": ("transformers", {"evaluate:model=lora", "report", "all"}),
-    "serve.gguf_type": ("q8_0", {"gguf:model=lora", "evaluate:model=lora", "report", "all"}),
+    "merge.dtype": ("float16", AFTER_MERGE | RL_AFTER_MERGE),
+    "serve.engine": ("transformers", SERVED),
+    "serve.gguf_type": ("q8_0", SERVED_GGUF),
     "evaluate.samples": (2, EVALUATE_BOTH),
     "evaluate.temperature": (0.5, EVALUATE_BOTH),
-    "evaluate.reorder_check": (False, {"evaluate:model=lora", "report", "all"}),  # only tuned models run it
-    "evaluate.loss.enabled": (False, {"report", "all"}),
+    "evaluate.reorder_check": (False, SERVED),  # only tuned models run it
+    "evaluate.loss.enabled": (False, REPORTS),
     "evaluate.loss.max_rows": (5, EVAL_LOSS_BOTH),
     "evaluate.loss.device": ("cuda", EVAL_LOSS_BOTH),
     "evaluate.loss.max_len": (1024, EVAL_LOSS_BOTH),
-    "report.baseline": ("lora", EVALUATE_BOTH),  # the reversed-list run follows the tuned models
-    "report.title": ("Shop agent", {"report", "all"}),
+    "report.baseline": ("lora", {"evaluate:model=base", "evaluate:model=lora"} | REPORTS),  # the reversed-list
+    "report.title": ("Shop agent", REPORTS),                                 # run follows the tuned models
+    "rl.init": ("base", RL_CHAIN),
+    "rl.tasks": (["stock-teapot"], RL_CHAIN),
+    "rl.group_size": (2, RL_CHAIN),
+    "rl.tasks_per_step": (1, RL_CHAIN),
+    "rl.max_steps": (3, RL_CHAIN),
+    "rl.learning_rate": (1e-4, RL_CHAIN),
+    "rl.temperature": (0.7, RL_CHAIN),
+    "rl.max_completion_length": (128, RL_CHAIN),
+    "rl.max_tool_calls": (2, RL_CHAIN),
+    "rl.beta": (0.04, RL_CHAIN),
+    "rl.reward.check": (2.0, RL_CHAIN),
+    "rl.reward.valid_calls": (0.5, RL_CHAIN),
+    "rl.reward.recovered_errors": (0.5, RL_CHAIN),
+    "rl.reward.turns": (0.1, RL_CHAIN),
+    "rl.vllm": (False, RL_CHAIN),
+    "rl.seed": (1, RL_CHAIN),
 }
 
 
@@ -408,7 +434,7 @@ def test_another_base_model_reruns_what_it_feeds(finished, tmp_path):
 # A code change reruns the rules whose scripts reach the module through imports
 # (tracetune.fingerprint), and only when behaviour changes: comments and docstrings rerun nothing.
 ALL_TASKS = {f"{rule}:task={t}" for rule in ("collect", "curate") for t in RERUN_TASKS}
-EVALUATE = {"evaluate:model=base", "evaluate:model=lora", "report", "all"}
+EVALUATE = EVALUATE_BOTH
 
 
 def planned_after_code_change(wf: Path, module: str, edit) -> set[str]:
@@ -417,7 +443,7 @@ def planned_after_code_change(wf: Path, module: str, edit) -> set[str]:
     original = path.read_text()
     path.write_text(edit(original))
     try:
-        return set(planned_jobs(wf))
+        return set(planned_jobs(wf, "all", "rl"))
     finally:
         path.write_text(original)
 
@@ -433,7 +459,7 @@ def test_a_comment_or_docstring_reruns_nothing(finished, module):
     ("checks.py", CURATE_ALL | EVALUATE),  # verdicts are judged where they are used: no collection
     ("parsing.py", ALL_TASKS | AFTER_CURATE | EVALUATE),  # the agent's parser and every stage's call rule
     ("rows.py", AFTER_DATASET),  # the loss region of the dataset, training and held-out loss
-    ("heldout.py", {"eval_loss:model=base", "eval_loss:model=lora", "report", "all"}),
+    ("heldout.py", EVAL_LOSS_BOTH),
     ("mcp_client.py", ALL_TASKS | AFTER_CURATE | EVALUATE),
     ("agent.py", ALL_TASKS | AFTER_CURATE | EVALUATE),
     ("collect.py", ALL_TASKS | AFTER_CURATE | EVALUATE),
@@ -443,13 +469,14 @@ def test_a_comment_or_docstring_reruns_nothing(finished, module):
     ("fingerprint.py", set()),
     ("importers.py", set()),  # `tracetune import`: its traces are inputs of their own
     ("cli.py", set()),
-    ("report.py", {"report", "all"}),
+    ("report.py", REPORTS),
     ("dataset.py", AFTER_DATASET),
-    ("train.py", {"train:run=lora"} | AFTER_MERGE),
-    ("merge.py", AFTER_MERGE),
+    ("train.py", TRAIN),
+    ("merge.py", AFTER_MERGE | RL_AFTER_MERGE),
     ("serve.py", ALL_TASKS | {"curation_report", "gguf:model=lora", "evaluate:model=base"} | AFTER_DATASET),
     ("curate.py", CURATE_ALL),
     ("evaluate.py", EVALUATE),
+    ("rl.py", RL_CHAIN),
 ], ids=lambda value: value if isinstance(value, str) else None)
 def test_a_behaviour_change_reruns_the_rules_that_import_it(finished, module, planned):
     assert planned_after_code_change(finished, module, lambda source: source + "\n\nCHANGED = True\n") == planned

@@ -71,7 +71,7 @@ def validate(instance, schema: dict, where: str, describe=_location) -> None:
 
 # --- config.yaml -------------------------------------------------------------------------------
 
-SECTIONS = ("endpoint", "collect", "curate", "dataset", "hub", "train", "merge", "serve", "evaluate", "report")
+SECTIONS = ("endpoint", "collect", "curate", "dataset", "hub", "train", "merge", "serve", "evaluate", "report", "rl")
 
 
 def load_config(config: dict, where: str = "config.yaml") -> dict:
@@ -366,6 +366,19 @@ def load_tasks(path: str | Path) -> TaskFile:
     return taskfile
 
 
+def required_tools(check: dict, field: str = "") -> list[tuple[str, str]]:
+    """(field, tool) for every tool a check requires whatever else happens: named by tool_called
+    or tool_attempted at its top or under `all` (under `any`, another branch may pass instead)."""
+    found = []
+    for kind, spec in check.items():
+        if kind in ("tool_called", "tool_attempted"):
+            found += [(f"{field}{kind}", tool) for tool in (spec if isinstance(spec, list) else [spec])]
+        elif kind == "all":
+            for i, sub in enumerate(spec):
+                found += required_tools(sub, f"{field}all[{i}].")
+    return found
+
+
 def check_reference_tools(taskfile: TaskFile, server_tools: dict[str, list[str]]) -> None:
     """A task's tools allowlist and its reference steps name tools its servers really offer, and
     the steps keep to the allowlist. (Servers no reference plan uses are not listed: unchecked.)"""
@@ -377,6 +390,10 @@ def check_reference_tools(taskfile: TaskFile, server_tools: dict[str, list[str]]
         if unknown:
             raise InputError(f"{taskfile.path}: task {task_id!r}: tools: {unknown[0]!r} is not a tool of "
                              f"server(s) {', '.join(task['servers'])}")
+        for field, tool in required_tools(task.get("check") or {}):
+            if tool not in offered:
+                raise InputError(f"{taskfile.path}: task {task_id!r}: check.{field}: {tool!r} is not a tool of "
+                                 f"server(s) {', '.join(task['servers'])}, so the check can never pass")
         allowed = set(task.get("tools") or offered)
         for i, step in enumerate(task.get("reference", [])):
             tool = step.get("tool")
