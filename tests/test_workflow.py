@@ -321,7 +321,7 @@ def test_target_settings_rerun_nothing_already_built(finished):
     ({"curate.keep_system_prompt": True}, {f"curate:task={t}" for t in RERUN_TASKS} | {"evaluate:model=base"}
      | AFTER_CURATE),  # the evaluation asks as the model was trained
     ({"dataset.max_seq_len": 1024}, AFTER_DATASET),
-    ({"train.lora_r": 8}, {"train:run=lora"} | AFTER_MERGE),
+    ({"train.lora_r": 8}, {"train:run=lora"} | AFTER_MERGE | RL_CHAIN),  # RL continues the SFT adapter
     ({"serve.gguf_type": "q8_0"}, SERVED_GGUF),
     ({"serve.engine": "transformers"}, SERVED),  # serves the merged directory
     ({"evaluate.temperature": 0.5}, EVALUATE_BOTH),

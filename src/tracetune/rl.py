@@ -81,6 +81,7 @@ class Servers:
 
     def __init__(self, specs: dict[str, dict], truncate: int, tool_timeout_s: float):
         self.requests: asyncio.Queue | None = None
+        self.tool_timeout_s = tool_timeout_s
         self.ready = _Loop.run(self._start(specs, truncate, tool_timeout_s))
 
     async def _start(self, specs, truncate, tool_timeout_s) -> asyncio.Future:
@@ -114,7 +115,8 @@ class Servers:
             reply = asyncio.get_running_loop().create_future()
             await self.requests.put((name, arguments, reply))
             return await reply
-        return _Loop.run(ask())
+        # The ToolBox bounds each call; this bounds a session that died with the call queued.
+        return _Loop.run(ask(), timeout=2 * self.tool_timeout_s + 30)
 
     def close(self) -> None:
         async def stop():
