@@ -103,7 +103,8 @@ def test_a_rollout_is_a_raw_trace_with_its_reward(taskfile):
     ]
     results = [{"name": "check_stock", "arguments": CALL["arguments"], "error": False,
                 "content": "KB-04 Ceramic teapot: Leeds 0 (total 0)."}]
-    trace = rollout_trace(prompt, completion, results, task, taskfile, [], trace_id="stock-teapot--rl1-0", model="m")
+    trace = rollout_trace(prompt, completion, results, task, taskfile, [], trace_id="stock-teapot--rl1-0", model="m",
+                          truncate=4000)
     validate_trace(trace, "rollout")
     assert trace["messages"][1]["tool_calls"][0] == {"id": "call_0", "type": "function", "function": {
         "name": "check_stock", "arguments": '{"sku": "KB-04"}'}}

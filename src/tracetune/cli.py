@@ -8,8 +8,6 @@ import logging
 import sys
 from pathlib import Path
 
-import yaml
-
 from tracetune.jsonio import InputError
 from tracetune.logs import quiet_libraries
 
@@ -17,10 +15,10 @@ from tracetune.logs import quiet_libraries
 def _collect(args) -> None:
     from tracetune.agent import Endpoint, Settings
     from tracetune.collect import acollect
-    from tracetune.config import load_config, load_tasks
+    from tracetune.config import load_tasks, read_config
     from tracetune.jsonio import write_jsonl
 
-    config = load_config(yaml.safe_load(Path(args.config).read_text()), args.config)
+    config = read_config(args.config)
     taskfile = load_tasks(args.tasks or config["tasks"])
     ids = args.task or taskfile.ids(args.split)
     settings = Settings.from_config({**config["collect"], **({"concurrency": args.concurrency} if args.concurrency else {})})
@@ -42,15 +40,12 @@ def _review(args) -> None:
 
 def _record(args) -> None:
     from tracetune.agent import EndpointError, Settings
-    from tracetune.config import load_config, load_tasks
+    from tracetune.config import load_tasks, read_config
     from tracetune.mcp_client import ServerStartError
     from tracetune.record import NothingSaved, plan, record
 
     try:
-        try:
-            config = load_config(yaml.safe_load(Path(args.config).read_text()), args.config)
-        except FileNotFoundError:
-            raise InputError(f"{args.config}: file not found") from None
+        config = read_config(args.config)
         taskfile = load_tasks(args.tasks or config["tasks"])
         flags = {"base_url": args.base_url, "model": args.model, "api_key_env": args.api_key_env}
         recording = plan(taskfile, config["endpoint"] | {k: v for k, v in flags.items() if v is not None},

@@ -85,6 +85,18 @@ def load_config(config: dict, where: str = "config.yaml") -> dict:
     return config
 
 
+def read_config(path: str | Path) -> dict:
+    """The config file at `path`, validated with defaults filled (load_config); a missing or
+    unreadable file is an InputError naming it."""
+    try:
+        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except yaml.YAMLError as e:
+        raise InputError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return load_config(config or {}, str(path))
+
+
 def section_settings(section: str, given: dict | None = None, where: str = "config.yaml") -> dict:
     """A config section as a stage uses it: `given` (or nothing) checked against the section's
     schema, with the schema's defaults filled in. The schemas are the one place defaults live."""
@@ -390,9 +402,9 @@ def check_reference_tools(taskfile: TaskFile, server_tools: dict[str, list[str]]
         if unknown:
             raise InputError(f"{taskfile.path}: task {task_id!r}: tools: {unknown[0]!r} is not a tool of "
                              f"server(s) {', '.join(task['servers'])}")
-        for field, tool in required_tools(task.get("check") or {}):
+        for check_field, tool in required_tools(task.get("check") or {}):
             if tool not in offered:
-                raise InputError(f"{taskfile.path}: task {task_id!r}: check.{field}: {tool!r} is not a tool of "
+                raise InputError(f"{taskfile.path}: task {task_id!r}: check.{check_field}: {tool!r} is not a tool of "
                                  f"server(s) {', '.join(task['servers'])}, so the check can never pass")
         allowed = set(task.get("tools") or offered)
         for i, step in enumerate(task.get("reference", [])):

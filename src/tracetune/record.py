@@ -31,6 +31,7 @@ from tracetune.config import TaskFile, load_tasks, section_settings
 from tracetune.curate import validate_trace
 from tracetune.jsonio import InputError, read_jsonl, write_jsonl, write_text
 from tracetune.parsing import tool_call_problem, tool_schemas
+from tracetune.report import pretty_arguments
 
 SHOWN_RESULT_CHARS = 800  # a long page would push the call being judged off the screen
 TASK_ID = re.compile(r"^[a-z0-9._-]+$")  # as tasks.schema.yaml and trace.schema.yaml spell it
@@ -231,13 +232,6 @@ def choose(prompt: str, letters: str) -> str:
 
 def indented(text: str, prefix: str = "  ") -> str:
     return "\n".join(prefix + line for line in text.splitlines() or [""])
-
-
-def pretty_arguments(arguments: str) -> str:
-    try:
-        return json.dumps(json.loads(arguments), indent=2, ensure_ascii=False)
-    except json.JSONDecodeError:
-        return arguments  # shown as the model wrote it; the call is invalid
 
 
 def clipped(text: str, limit: int = SHOWN_RESULT_CHARS) -> str:

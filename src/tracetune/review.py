@@ -26,9 +26,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import yaml
-
-from tracetune.config import load_config, load_tasks, section_settings
+from tracetune.config import load_tasks, read_config, section_settings
 from tracetune.curate import (
     edit_paths,
     edit_problem,
@@ -80,8 +78,7 @@ class Project:
     def __init__(self, root: str | Path, config_path: str | Path = "config.yaml"):
         self.root = Path(root).resolve()
         self.config_path = self.root / config_path
-        config = yaml.safe_load(self.config_path.read_text(encoding="utf-8")) if self.config_path.is_file() else {}
-        self.config = load_config(config or {}, str(config_path))
+        self.config = read_config(self.config_path)
         self.taskfile = load_tasks(self.root / self.config["tasks"])
         self.curation = self.root / "curation"
         self.edits = self.curation / "edits"

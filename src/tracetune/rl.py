@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import importlib.util
 import inspect
 import json
 import logging
-import math
 import os
 import random
 import threading
@@ -28,7 +26,7 @@ import time
 from pathlib import Path
 
 from tracetune.checks import verdict
-from tracetune.config import TaskFile, section_settings, split_settings, task_hash
+from tracetune.config import TaskFile, section_settings, split_settings
 from tracetune.curate import invalid_tool_call, unrecovered_tool_errors, validate_trace
 from tracetune.jsonio import InputError, atomic_dir, write_json, write_jsonl
 from tracetune.parsing import tool_call_problem, tool_schemas
@@ -244,9 +242,13 @@ def environments(taskfile: TaskFile, tasks: list[dict], truncate: int, tool_time
 # --- rollouts as traces, and their reward ---------------------------------------------------------
 
 def rollout_trace(prompt: list[dict], completion: list[dict], results: list[dict], task: dict,
-                  taskfile: TaskFile, tools: list[dict], *, trace_id: str, model: str) -> dict:
-    """A rollout in the raw-trace format: TRL's messages (calls with dict arguments, tool messages
-    without ids) given the ids and JSON arguments collected traces have."""
+                  taskfile: TaskFile, tools: list[dict], *, trace_id: str, model: str, truncate: int) -> dict:
+    """A rollout in the raw-trace format, with collection's header: TRL's messages (calls with
+    dict arguments, tool messages without ids) given the ids and JSON arguments collected traces have."""
+    # Here, not at the top: the workflow imports this module to plan, and collection loads the MCP SDK.
+    from tracetune.agent import Settings
+    from tracetune.collect import trace_header
+
     messages, errors, call_ids, n = [dict(m) for m in prompt], [], [], 0
     unmatched = list(results)  # the environment's record of each call it ran, in order
     for message in completion:
@@ -275,13 +277,11 @@ def rollout_trace(prompt: list[dict], completion: list[dict], results: list[dict
         messages.append(message)
     last = messages[-1]
     answered = last.get("role") == "assistant" and not last.get("tool_calls")
-    return {
-        "trace_id": trace_id, "task_id": task["id"], "sample": 0, "source": "rl", "model": model, "endpoint": None,
-        "spec_hash": task_hash(task, taskfile.servers, taskfile.system_prompt),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "tools": tools, "server_tools": tools, "messages": messages, "tool_errors": errors, "invalid_calls": [],
-        "outcome": {"status": "answered" if answered else "max_turns", "error": None,
-                    "turns": sum(m["role"] == "assistant" for m in messages)},
+    header = trace_header(task, taskfile, Settings(truncate=truncate), None, trace_id=trace_id, sample=0, source="rl")
+    return header | {
+        "model": model, "tools": tools, "server_tools": tools, "messages": messages, "tool_errors": errors,
+        "invalid_calls": [], "outcome": {"status": "answered" if answered else "max_turns", "error": None,
+                                         "turns": sum(m["role"] == "assistant" for m in messages)},
     }
 
 
@@ -305,8 +305,10 @@ class RolloutLog:
 
     __name__ = "check_reward"  # TRL logs each reward function under its name
 
-    def __init__(self, tasks: dict[str, dict], taskfile: TaskFile, weights: dict, out_dir: Path, model: str):
+    def __init__(self, tasks: dict[str, dict], taskfile: TaskFile, weights: dict, out_dir: Path, model: str,
+                 truncate: int):
         self.tasks, self.taskfile, self.weights, self.out_dir, self.model = tasks, taskfile, weights, out_dir, model
+        self.truncate = truncate
         self.curve: list[dict] = []
 
     def __call__(self, prompts, completions, environments, task_id, trainer_state=None, **_) -> list[float]:
@@ -314,7 +316,7 @@ class RolloutLog:
         traces, rewards = [], []
         for i, (prompt, completion, env, task) in enumerate(zip(prompts, completions, environments, task_id)):
             trace = rollout_trace(prompt, completion, env.results, self.tasks[task], self.taskfile, env.tools,
-                                  trace_id=f"{task}--rl{step}-{i}", model=self.model)
+                                  trace_id=f"{task}--rl{step}-{i}", model=self.model, truncate=self.truncate)
             total, parts = reward(trace, self.tasks[task]["check"], self.weights)
             trace["reward"], trace["check"] = total, {"passed": bool(parts["check"]), "detail": parts["detail"]}
             trace["reward_parts"] = {k: v for k, v in parts.items() if k != "detail"}
@@ -341,22 +343,6 @@ def task_rows(tasks: list[dict], system_prompt: str | None, n: int, seed: int) -
     return rows[:n]
 
 
-def load_policy(base_model: Path, init_adapter: Path | None, train_settings: dict):
-    """The policy: the SFT adapter made trainable again (`rl.init: sft`), or a fresh LoRA on the
-    base model (`rl.init: base`)."""
-    import torch
-    from peft import PeftModel, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from tracetune.backends.peft_lora import lora_config, weights_dtype
-
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=weights_dtype())
-    torch.manual_seed(train_settings["seed"])
-    if init_adapter is not None:
-        return PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
-    return get_peft_model(model, lora_config(train_settings))
-
-
 def run_rl(taskfile: TaskFile, base_model: str | os.PathLike, init_adapter: str | os.PathLike | None,
            out_dir: str | os.PathLike, state_dir: str | os.PathLike, settings: dict | None = None, *,
            train_settings: dict | None = None, truncate: int = 4000, system_prompt: bool = False) -> dict:
@@ -368,7 +354,7 @@ def run_rl(taskfile: TaskFile, base_model: str | os.PathLike, init_adapter: str 
     from trl import GRPOConfig, GRPOTrainer
 
     from tracetune.models import check_model_dir
-    from tracetune.train import last_checkpoint, prepare_checkpoint_dir
+    from tracetune.train import last_checkpoint, plot_metric, prepare_checkpoint_dir
 
     settings = section_settings("rl", settings)
     train_settings = section_settings("train", train_settings)
@@ -385,7 +371,8 @@ def run_rl(taskfile: TaskFile, base_model: str | os.PathLike, init_adapter: str 
 
     rows = Dataset.from_list(task_rows(tasks, taskfile.system_prompt if system_prompt else None,
                                        settings["tasks_per_step"] * settings["max_steps"], settings["seed"]))
-    rewards = RolloutLog({t["id"]: t for t in tasks}, taskfile, settings["reward"], state_dir / "rollouts", out_dir.name)
+    rewards = RolloutLog({t["id"]: t for t in tasks}, taskfile, settings["reward"], state_dir / "rollouts", out_dir.name,
+                         truncate)
     import torch
 
     cuda = torch.cuda.is_available()
@@ -403,7 +390,10 @@ def run_rl(taskfile: TaskFile, base_model: str | os.PathLike, init_adapter: str 
         gradient_checkpointing=train_settings["gradient_checkpointing"],
         save_total_limit=train_settings["save_total_limit"],
     )
-    trainer = GRPOTrainer(model=load_policy(base_model, init_adapter and Path(init_adapter), train_settings),
+    from tracetune.backends.peft_lora import load_lora_model
+
+    policy, _ = load_lora_model(base_model, train_settings, init_adapter and Path(init_adapter))
+    trainer = GRPOTrainer(model=policy,
                           reward_funcs=[rewards], args=args, train_dataset=rows, processing_class=tokenizer,
                           environment_factory=dict(envs))
     started = time.perf_counter()
@@ -423,7 +413,7 @@ def run_rl(taskfile: TaskFile, base_model: str | os.PathLike, init_adapter: str 
         tokenizer.save_pretrained(tmp)
         write_jsonl(tmp / "metrics.jsonl", curve)
         write_json(tmp / "summary.json", summary)
-        plot_reward(curve, tmp / "reward.png", out_dir.name)
+        plot_metric(curve, tmp / "reward.png", "reward", "mean reward", f"reward — {out_dir.name}")
     return summary
 
 
@@ -446,21 +436,3 @@ def rl_fingerprint(settings: dict, tasks: list[dict], base_model, init_adapter, 
         for path in sorted(Path(init_adapter).glob("adapter_model.*")):
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
-
-
-def plot_reward(curve: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    points = [(c["step"], c["reward"]) for c in curve if c["reward"] is not None and math.isfinite(c["reward"])]
-    ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", linewidth=1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("mean reward")
-    ax.set_title(f"reward — {title}")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)

@@ -243,7 +243,7 @@ def write_outputs(out_dir: Path, result: dict, tokenizer, settings: dict, summar
         write_json(tmp / "settings.json", {**settings, "backend_resolved": summary["backend"]})
         write_json(tmp / "summary.json", summary)
         write_tensorboard(metrics, tmp / "tensorboard")
-        plot_loss(metrics, tmp / "loss.png", title=out_dir.name)
+        plot_metric(metrics, tmp / "loss.png", "loss", "training loss (target turns)", f"training loss — {out_dir.name}")
 
 
 def write_tensorboard(metrics: list[dict], path: Path) -> None:
@@ -258,17 +258,20 @@ def write_tensorboard(metrics: list[dict], path: Path) -> None:
     writer.close()
 
 
-def plot_loss(metrics: list[dict], path: Path, title: str = "") -> None:
+def plot_metric(metrics: list[dict], path: Path, key: str, ylabel: str, title: str) -> None:
+    """One logged metric against the step (training loss here, RL's mean reward in tracetune.rl)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    points = [(m["step"], m[key]) for m in metrics
+              if isinstance(m.get(key), (int, float)) and math.isfinite(m[key])]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax.plot([m["step"] for m in metrics], [m["loss"] for m in metrics], marker=".", linewidth=1)
+    ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", linewidth=1)
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss (target turns)")
-    ax.set_title(f"training loss — {title}" if title else "training loss")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

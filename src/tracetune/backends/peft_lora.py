@@ -22,9 +22,11 @@ def weights_dtype():
     return torch.bfloat16 if torch.cuda.is_available() or bf16_native("cpu") else torch.float32
 
 
-def load_lora_model(base_model: Path, settings: dict):
+def load_lora_model(base_model: Path, settings: dict, adapter: Path | None = None):
+    """The base model with a fresh LoRA of `settings`' shape, or with `adapter` made trainable
+    again (RL continuing an SFT run); and the device it is on."""
     import torch
-    from peft import get_peft_model
+    from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
     cuda = torch.cuda.is_available()
@@ -37,5 +39,8 @@ def load_lora_model(base_model: Path, settings: dict):
     model = AutoModelForCausalLM.from_pretrained(base_model, **kwargs)
     if cuda:
         model.to("cuda")
+    device = "cuda" if cuda else "cpu"
+    if adapter is not None:
+        return PeftModel.from_pretrained(model, adapter, is_trainable=True), device
     torch.manual_seed(settings["seed"])  # LoRA A matrices are initialised at random
-    return get_peft_model(model, lora_config(settings)), "cuda" if cuda else "cpu"
+    return get_peft_model(model, lora_config(settings)), device
