@@ -1,4 +1,5 @@
 # Validation of config.yaml and the task file, and the input functions of every stage.
+import os
 import sys
 from pathlib import Path
 
@@ -9,8 +10,12 @@ from tracetune.jsonio import InputError
 from tracetune.preflight import check_inputs
 from tracetune.rl import rl_tasks
 
+# Preflight's cache of listed server tools and model module names; keyed by what they are read
+# from, so several workflow copies can share one (TRACETUNE_PREFLIGHT_CACHE, as the tests do).
+PREFLIGHT_CACHE = os.environ.get("TRACETUNE_PREFLIGHT_CACHE", ".snakemake/tracetune")
+
 try:  # before anything runs: a bad input stops the run with one line
-    TASKFILE = check_inputs(config, ".snakemake/tracetune")
+    TASKFILE = check_inputs(config, PREFLIGHT_CACHE)
 except InputError as e:
     sys.exit(f"tracetune: {e}")
 TASKS = TASKFILE.tasks

@@ -1,5 +1,6 @@
 import hashlib
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -7,6 +8,33 @@ import pytest
 
 # tests/fakes.py (the scripted endpoint) is shared by tests and bench/.
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+def pytest_configure(config):
+    """A tier (`-m` expression) that names an unknown marker is an error, not an empty run."""
+    expression = config.getoption("markexpr")
+    if not expression:
+        return
+    known = {line.split(":", 1)[0].split("(", 1)[0].strip() for line in config.getini("markers")}
+    unknown = sorted(set(re.findall(r"[A-Za-z_]\w*", expression)) - {"and", "or", "not"} - known)
+    if unknown:
+        raise pytest.UsageError(f"-m {expression!r}: unknown marker {', '.join(map(repr, unknown))}; "
+                                f"the markers are {', '.join(sorted(known))} (pyproject.toml)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_preflight_cache(tmp_path_factory):
+    """One preflight cache (listed server tools, model module names) for every workflow copy a
+    test runs, in this process and in its snakemake subprocesses: each copy would otherwise start
+    the MCP servers and import torch again. Its entries are keyed by what they are read from."""
+    path = tmp_path_factory.mktemp("preflight")
+    previous = os.environ.get("TRACETUNE_PREFLIGHT_CACHE")
+    os.environ["TRACETUNE_PREFLIGHT_CACHE"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("TRACETUNE_PREFLIGHT_CACHE", None)
+    else:
+        os.environ["TRACETUNE_PREFLIGHT_CACHE"] = previous
 
 
 @pytest.fixture(scope="session")

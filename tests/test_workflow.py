@@ -59,11 +59,28 @@ def snakemake(wf: Path, *args: str, timeout: int = 600, check: bool = True) -> s
     return proc
 
 
-def planned_jobs(wf: Path, *targets: str) -> list[str]:
-    """'rule:wildcards' of every job a dry run plans."""
+def planned_jobs_of_snakemake_n(wf: Path, *targets: str) -> list[str]:
+    """'rule:wildcards' of every job `snakemake -n` plans, read from its printed output as
+    `tracetune review` reads it: the wiring that the in-process plans (tests/dryrun.py) stand for."""
     from tracetune.review import parse_planned_jobs
 
     return parse_planned_jobs(snakemake(wf, "-n", *targets).stdout)
+
+
+def planned_jobs(wf: Path, *targets: str) -> list[str]:
+    """'rule:wildcards' of every job a dry run plans, found in this process (tests/dryrun.py). A
+    workflow copy with its own `src/` is fingerprinted from that copy, as its snakemake would be."""
+    import tracetune.fingerprint
+    from dryrun import planned_jobs as planned_in_process
+
+    package = wf / "src" / "tracetune"
+    if (wf / "src").is_symlink():
+        return planned_in_process(wf, *targets)
+    original, tracetune.fingerprint.PACKAGE = tracetune.fingerprint.PACKAGE, package.resolve()
+    try:
+        return planned_in_process(wf, *targets)
+    finally:
+        tracetune.fingerprint.PACKAGE = original
 
 
 def served_processes() -> list[psutil.Process]:
@@ -87,6 +104,7 @@ def test_edit_one_task_recollects_only_that_task(tmp_path):
     tasks[1]["prompt"] = "How many teapots are in stock, in total?"
     write_tasks(wf, tasks)
     assert planned_jobs(wf, *targets) == ["collect:task=stock-teapot"]
+    assert planned_jobs_of_snakemake_n(wf, *targets) == ["collect:task=stock-teapot"]  # as a user sees it
 
 
 def test_bad_task_file_stops_the_run_with_one_line(tmp_path):
@@ -97,7 +115,7 @@ def test_bad_task_file_stops_the_run_with_one_line(tmp_path):
     proc = snakemake(wf, "-n", check=False)
     assert proc.returncode != 0
     line = "tracetune: tasks.yaml: task 'order-status-1001': servers: unknown server 'warehouse'"
-    assert any(l.startswith(line) for l in proc.stderr.splitlines()), proc.stderr
+    assert any(err.startswith(line) for err in proc.stderr.splitlines()), proc.stderr
     assert not (wf / "data" / "traces").exists()
 
 
@@ -130,7 +148,7 @@ def test_bad_input_stops_the_run_before_any_job_with_one_line(tmp_path, config, 
     write_tasks(wf, tasks, held_out=held_out)
     proc = snakemake(wf, "-n", check=False)
     assert proc.returncode != 0
-    errors = [l for l in proc.stderr.splitlines() if l.startswith("tracetune:")]
+    errors = [err for err in proc.stderr.splitlines() if err.startswith("tracetune:")]
     assert len(errors) == 1 and errors[0].startswith(line), proc.stderr[-2000:]
     assert not (wf / "data" / "traces").exists()
 
@@ -247,7 +265,7 @@ def finished(tmp_path_factory, bundled_model):
     return wf
 
 
-def planned_after(wf: Path, changes: dict, targets=("all", "rl")) -> set[str]:
+def planned_after(wf: Path, changes: dict, targets=("all", "rl"), plan=planned_jobs) -> set[str]:
     """The jobs a dry run of `targets` plans with config.yaml changed (dotted keys); the file is restored."""
     path = wf / "config.yaml"
     original = path.read_text()
@@ -260,7 +278,7 @@ def planned_after(wf: Path, changes: dict, targets=("all", "rl")) -> set[str]:
         node[key] = value
     path.write_text(yaml.safe_dump(settings))
     try:
-        return set(planned_jobs(wf, *targets))
+        return set(plan(wf, *targets))
     finally:
         path.write_text(original)
 
@@ -437,13 +455,13 @@ ALL_TASKS = {f"{rule}:task={t}" for rule in ("collect", "curate") for t in RERUN
 EVALUATE = EVALUATE_BOTH
 
 
-def planned_after_code_change(wf: Path, module: str, edit) -> set[str]:
+def planned_after_code_change(wf: Path, module: str, edit, plan=planned_jobs) -> set[str]:
     """The jobs a dry run plans with `edit(source)` as the module's source; the file is restored."""
     path = wf / "src" / "tracetune" / module
     original = path.read_text()
     path.write_text(edit(original))
     try:
-        return set(planned_jobs(wf, "all", "rl"))
+        return set(plan(wf, "all", "rl"))
     finally:
         path.write_text(original)
 
@@ -480,3 +498,17 @@ def test_a_comment_or_docstring_reruns_nothing(finished, module):
 ], ids=lambda value: value if isinstance(value, str) else None)
 def test_a_behaviour_change_reruns_the_rules_that_import_it(finished, module, planned):
     assert planned_after_code_change(finished, module, lambda source: source + "\n\nCHANGED = True\n") == planned
+
+
+# The matrix above plans in this process (tests/dryrun.py). These cases plan both ways, the second
+# by a real `snakemake -n` subprocess, so the in-process plans stand for what users run.
+@pytest.mark.parametrize("change, planned", [
+    (lambda wf, plan: planned_after(wf, {"train.lora_r": 8}, plan=plan), TRAIN),
+    (lambda wf, plan: planned_after(wf, {"collect.concurrency": 4}, plan=plan), set()),
+    (lambda wf, plan: planned_after_code_change(wf, "rows.py", lambda s: s + "\nCHANGED = True\n", plan=plan),
+     AFTER_DATASET),
+    (lambda wf, plan: planned_after_code_change(wf, "checks.py", lambda s: s + "\n# a note\n", plan=plan), set()),
+], ids=["result-setting", "operational-setting", "behaviour-change", "comment"])
+def test_in_process_plans_are_what_snakemake_n_plans(finished, change, planned):
+    assert change(finished, planned_jobs) == planned
+    assert change(finished, planned_jobs_of_snakemake_n) == planned

@@ -34,7 +34,7 @@ class Endpoint:
     timeout_s: float | None = _ENDPOINT["timeout_s"]  # per request; None: sized from the server's measured speed
     max_retries: int = _ENDPOINT["max_retries"]
 
-    def client(self) -> "openai.AsyncOpenAI":
+    def client(self) -> "openai.AsyncOpenAI":  # noqa: F821 (imported inside: collection starts light)
         # The openai client retries 429, 5xx, connection errors and timeouts with backoff.
         import openai  # here, not at the top: reference-only collect jobs (most) never load it
 
@@ -51,7 +51,7 @@ def sized_timeout(seconds_per_token: float, max_tokens: int, concurrency: int) -
     return max(30.0, 3 * concurrency * (max_tokens + 400) * seconds_per_token)
 
 
-async def probe(client: "openai.AsyncOpenAI", endpoint: Endpoint) -> float:
+async def probe(client: "openai.AsyncOpenAI", endpoint: Endpoint) -> float:  # noqa: F821
     """Seconds per generated token of one short request, sent once; a server that does not
     answer is an EndpointError naming it (the openai client would retry for minutes)."""
     import openai
@@ -68,7 +68,7 @@ async def probe(client: "openai.AsyncOpenAI", endpoint: Endpoint) -> float:
     return (time.perf_counter() - started) / tokens
 
 
-async def request_timeout(client: "openai.AsyncOpenAI", endpoint: Endpoint, settings: "Settings") -> float:
+async def request_timeout(client: "openai.AsyncOpenAI", endpoint: Endpoint, settings: "Settings") -> float:  # noqa: F821
     """The configured timeout, else one sized from a probe of the server."""
     if endpoint.timeout_s:
         return endpoint.timeout_s

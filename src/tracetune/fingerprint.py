@@ -20,8 +20,14 @@ PACKAGE = Path(__file__).resolve().parent
 DATA_DIRS = ("templates", "schemas")
 
 
-@functools.cache
 def _tree(path: Path) -> ast.Module:
+    stat = path.stat()
+    return _parsed(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.cache
+def _parsed(path: Path, mtime_ns: int, size: int) -> ast.Module:
+    """Keyed by the file's state too, so a process that plans several times sees every edit."""
     return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
 
@@ -105,9 +111,20 @@ def _behaviour(path: Path) -> bytes:
     return ast.dump(tree, annotate_fields=False, include_attributes=False).encode()
 
 
-@functools.cache
 def code_fingerprint(script: str) -> str:
     """The hash of what `script` runs of tracetune: its modules' behaviour and their data files."""
+    return _fingerprint(script, _source_state(script))
+
+
+def _source_state(script: str) -> tuple:
+    """Path, size and modification time of the script and of every package source and data file:
+    one stat each, so rules can ask per job while an edit still reaches the next plan."""
+    files = [Path(script), *sorted(PACKAGE.rglob("*.py")), *(p for d in DATA_DIRS for p in sorted((PACKAGE / d).glob("*")))]
+    return tuple((str(p), st.st_mtime_ns, st.st_size) for p in files for st in [p.stat()])
+
+
+@functools.cache
+def _fingerprint(script: str, source_state: tuple) -> str:
     modules = module_closure(script)
     digest = hashlib.sha256()
     for path in modules:
