@@ -1,18 +1,28 @@
 # Two entry points for a fresh machine: `make demo` (the whole pipeline on the embedded
 # default model) and `make test` (the test suite). Both install what they need first.
+# For contributors: `make check` (lint, the fast tests and one small end-to-end run, about 5 min)
+# and `make smoke` (the whole chain and the rl stage on six tasks, configs/smoke.yaml).
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CORES  ?= 2
 STAMP  := $(VENV)/.installed
 SYSTEM := .snakemake/.system-deps
 
-.PHONY: demo test install system-deps
+.PHONY: demo test check smoke install system-deps
 
 demo: $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES)
 
 test: $(STAMP) $(SYSTEM)
 	$(VENV)/bin/pytest
+
+# The tests that need no served model, SLURM or browser, plus the one marked e2e.
+check: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -m "e2e or not (slow or slurm or browser)"
+
+smoke: $(STAMP)
+	bash scripts/smoke.sh
 
 install: $(STAMP)
 

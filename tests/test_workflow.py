@@ -170,34 +170,37 @@ def test_collects_with_a_really_served_model_and_leaves_no_process(tmp_path, bun
 
 
 @pytest.mark.slow
-def test_whole_chain_on_a_tiny_model_ends_with_the_report(tmp_path, bundled_model):
-    """Collection to report, as `make demo` runs it, on a 2-layer random model: every stage's
-    artifact appears, both models are evaluated by their own served endpoint, nothing is left running."""
+@pytest.mark.e2e
+def test_smoke_run_on_a_tiny_model_ends_with_both_reports(tmp_path, bundled_model):
+    """`make smoke` (scripts/smoke.sh, configs/smoke.yaml) as a contributor runs it, on a 2-layer
+    random model: collection to report and the rl stage, every stage's artifact appears, each model
+    is evaluated by its own served endpoint, nothing is left running, and a rerun plans nothing."""
     from train_fixtures import tiny_model
 
     base = tiny_model(tmp_path / "tiny-base", bundled_model)
-    tasks = TRAIN3 + ["eval-price-chefs-knife", "eval-order-status-1009"]
-    wf = make_workflow(tmp_path, tasks, {
-        "base_model": str(base),
-        "collect": {"max_turns": 2, "max_tokens": 16},
-        "train": {"max_steps": 3, "save_steps": 100},
-        "evaluate": {"loss": {"enabled": True, "max_rows": 4, "device": "cpu", "max_len": 4096}},
-    })
-    snakemake(wf, timeout=1200)
+    wf = tmp_path / "smoke"
+    env = {**os.environ, "SMOKE_DIR": str(wf), "SNAKEMAKE": SNAKEMAKE, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "smoke.sh"), "--config", f"base_model={base}"],
+                          capture_output=True, text=True, timeout=1200, env=env)
+    assert proc.returncode == 0, proc.stderr[-5000:]
     data = wf / "data"
     for path in ["dataset/train.parquet", "dataset/eval.parquet", "adapters/lora/adapter_config.json",
-                 "adapters/lora/metrics.jsonl", "models/lora/model.safetensors", "reports/curation.json"]:
+                 "adapters/lora/metrics.jsonl", "models/lora/model.safetensors", "reports/curation.json",
+                 "adapters/lora-rl/adapter_config.json", "reports/report.md", "reports/rl/report.md"]:
         assert (data / path).is_file(), path
-    for model in ("base", "lora"):
+    eval_tasks = {t["id"] for t in yaml.safe_load((ROOT / "configs/smoke-tasks.yaml").read_text())["tasks"]
+                  if t.get("split") == "eval"}
+    for model in ("base", "lora", "lora-rl"):
         summary = yaml.safe_load((data / "eval" / model / "summary.json").read_text())
         assert summary["served_model"] == f"data/gguf/{model}.gguf"
-        results = (data / "eval" / model / "results.jsonl").read_text().splitlines()
-        assert len(results) == 2  # the two eval tasks, one sample each; no train task
-    html = (data / "reports" / "report.html").read_text()
-    assert "eval-price-chefs-knife" in html and "lora" in html and "<details" in html
-    assert (data / "reports" / "report.md").is_file()
+        results = [yaml.safe_load(line) for line in (data / "eval" / model / "results.jsonl").read_text().splitlines()]
+        assert {r["task_id"] for r in results} == eval_tasks  # one sample each; no train task
+    html = (data / "reports" / "rl" / "report.html").read_text()
+    assert all(task in html for task in eval_tasks) and "lora-rl" in html and "<details" in html
     assert served_processes() == []
-    assert planned_jobs(wf) == []  # a rerun with nothing changed runs nothing
+    rerun = subprocess.run(["bash", str(ROOT / "scripts" / "smoke.sh"), "-n", "--config", f"base_model={base}"],
+                           capture_output=True, text=True, timeout=600, env=env)
+    assert "Nothing to be done" in rerun.stdout + rerun.stderr, rerun.stdout[-3000:]
 
 
 # --- which settings rerun what --------------------------------------------------------------
