@@ -69,6 +69,30 @@ def bundled_gguf_model(bundled_model) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory, bundled_model) -> Path:
+    """A random 2-layer Llama with the embedded model's tokenizer and template
+    (train_fixtures.tiny_model), made once per run for every test that only reads it."""
+    from train_fixtures import tiny_model
+
+    return tiny_model(tmp_path_factory.mktemp("tiny") / "base", bundled_model)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tmp_path_factory, tiny_base, bundled_model) -> Path:
+    """A LoRA adapter trained two steps on tiny_base (one trace's rows), once per run."""
+    from train_fixtures import write_dataset
+    from transformers import AutoTokenizer
+
+    from tracetune.train import train
+
+    tmp = tmp_path_factory.mktemp("tiny-adapter")
+    write_dataset(tmp / "train.parquet", AutoTokenizer.from_pretrained(bundled_model), n_traces=1)
+    train(tmp / "train.parquet", tiny_base, tmp / "adapter", {"max_steps": 2, "learning_rate": 5e-3},
+          checkpoint_dir=tmp / "ckpt")
+    return tmp / "adapter"
+
+
+@pytest.fixture(scope="session")
 def chromium() -> str:
     """Debian's chromium, for the tests that drive a browser. Skipped where it is missing, but in
     CI, which installs it first (scripts/install-system-deps.sh), missing is a failure."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_fixtures import make_trace, render_rows, tiny_model, write_dataset  # noqa: E402
+from train_fixtures import make_trace, render_rows  # noqa: E402
 
 from tracetune.jsonio import InputError  # noqa: E402
 from tracetune.merge import merge  # noqa: E402
@@ -27,17 +27,14 @@ def tokenizer(bundled_model):
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_merged_model_matches_base_plus_adapter(tmp_path, tokenizer, dtype, bundled_model):
+def test_merged_model_matches_base_plus_adapter(tmp_path, tokenizer, dtype, tiny_base, tiny_adapter):
     import torch
     from peft import PeftModel
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tiny = tiny_model(tmp_path / "tiny", bundled_model)
-    write_dataset(tmp_path / "train.parquet", tokenizer, n_traces=1)
-    train(tmp_path / "train.parquet", tiny, tmp_path / "adapter", {"max_steps": 2, "learning_rate": 5e-3},
-          checkpoint_dir=tmp_path / "ckpt")
-    out = merge(tmp_path / "adapter", tiny, tmp_path / "merged", {"dtype": dtype})
+    tiny = tiny_base
+    out = merge(tiny_adapter, tiny, tmp_path / "merged", {"dtype": dtype})
     with safe_open(out / "model.safetensors", "pt") as weights:
         assert {str(weights.get_tensor(k).dtype) for k in weights.keys()} == {f"torch.{dtype}"}
         assert not any("lora" in k for k in weights.keys())
@@ -46,7 +43,7 @@ def test_merged_model_matches_base_plus_adapter(tmp_path, tokenizer, dtype, bund
     assert json.loads((out / "tokenizer_config.json").read_text())["response_template"]["start_anchor"]
     ids = torch.tensor([tokenizer("<|im_start|>user\nhello<|im_end|>")["input_ids"]])
     reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32),
-                                          tmp_path / "adapter").eval()
+                                          tiny_adapter).eval()
     merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     with torch.no_grad():
         expected, got = reference(ids).logits, merged(ids).logits
@@ -59,19 +56,28 @@ def test_missing_adapter_is_one_line(tmp_path, bundled_model):
         merge(tmp_path / "nope", bundled_model, tmp_path / "out")
 
 
+TOOL_TRACE = make_trace(3, turns=1, reasoning=False)
+
+
+@pytest.fixture(scope="module")
+def overfit_merged(tmp_path_factory, tokenizer, bundled_model) -> Path:
+    """The bundled model overfit on one tool-calling turn and merged, once for both engines."""
+    import polars as pl
+
+    tmp = tmp_path_factory.mktemp("overfit")
+    pl.DataFrame(render_rows(tokenizer, TOOL_TRACE)[:1]).write_parquet(tmp / "train.parquet")
+    train(tmp / "train.parquet", bundled_model, tmp / "adapter",
+          {"max_steps": 12, "learning_rate": 2e-3, "save_steps": 100}, checkpoint_dir=tmp / "ckpt")
+    return merge(tmp / "adapter", bundled_model, tmp / "merged")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["llama.cpp", "transformers"])
-def test_served_merged_model_returns_a_structured_tool_call(engine, tmp_path, tokenizer, bundled_model):
-    """Overfit the bundled model on one tool-calling turn, merge, serve, ask the same question."""
-    import polars as pl
+def test_served_merged_model_returns_a_structured_tool_call(engine, tmp_path, overfit_merged):
+    """Serve the overfit merged model, ask the question it was trained on."""
     from openai import OpenAI
 
-    trace = make_trace(3, turns=1, reasoning=False)
-    rows = render_rows(tokenizer, trace)[:1]
-    pl.DataFrame(rows).write_parquet(tmp_path / "train.parquet")
-    train(tmp_path / "train.parquet", bundled_model, tmp_path / "adapter",
-          {"max_steps": 12, "learning_rate": 2e-3, "save_steps": 100}, checkpoint_dir=tmp_path / "ckpt")
-    out = merge(tmp_path / "adapter", bundled_model, tmp_path / "merged")
+    trace, out = TOOL_TRACE, overfit_merged
     served_path = export_gguf(out, tmp_path / "merged.gguf") if engine == "llama.cpp" else out
     with served_model(served_path, log_path=tmp_path / "serve.log") as served:
         client = OpenAI(base_url=served.base_url, api_key="none", timeout=60, max_retries=0)

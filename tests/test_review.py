@@ -181,15 +181,14 @@ def test_the_server_serves_loopback_and_its_own_forms_only(project):
 # --- the page in a real browser, on a built workflow -------------------------------------------
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, bundled_model):
+def built(tmp_path_factory, tiny_base):
     """A workflow with curation and the dataset built: three train tasks (stock-teapot also with a
     model sample, from a scripted endpoint, that fails its check) and a held-out task."""
     from fakes import FakeEndpoint
     from test_workflow import DEMO_TASKS, TRAIN3, make_workflow, planned_jobs, snakemake, write_tasks
-    from train_fixtures import tiny_model
 
     tmp = tmp_path_factory.mktemp("review")
-    base = tiny_model(tmp / "tiny-base", bundled_model)
+    base = tiny_base
     tasks = [dict(DEMO_TASKS[t]) for t in TRAIN3]
     tasks[1]["samples"] = 1
     with FakeEndpoint(lambda messages: {"role": "assistant", "content": "There are 7 teapots."}) as fake:

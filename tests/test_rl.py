@@ -121,15 +121,8 @@ def rl_settings(**overrides) -> dict:
             "max_completion_length": 96, "max_tool_calls": 2, "save_steps": 1, "learning_rate": 1e-3} | overrides
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, bundled_model):
-    from train_fixtures import tiny_model
-
-    return tiny_model(tmp_path_factory.mktemp("rl") / "tiny", bundled_model)
-
-
 @pytest.mark.slow
-def test_grpo_steps_with_a_scripted_policy_earn_the_known_rewards_on_model_tokens(taskfile, tiny, tmp_path,
+def test_grpo_steps_with_a_scripted_policy_earn_the_known_rewards_on_model_tokens(taskfile, tiny_base, tmp_path,
                                                                                   monkeypatch):
     from fakes import scripted_generation
     from trl import GRPOTrainer
@@ -146,7 +139,7 @@ def test_grpo_steps_with_a_scripted_policy_earn_the_known_rewards_on_model_token
         return out
 
     monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", recorded)
-    summary = run_rl(taskfile, tiny, None, tmp_path / "adapter", tmp_path / "state", rl_settings())
+    summary = run_rl(taskfile, tiny_base, None, tmp_path / "adapter", tmp_path / "state", rl_settings())
 
     assert summary["steps"] == 2 and summary["init"] == "base"
     curve = [json.loads(line) for line in (tmp_path / "adapter" / "metrics.jsonl").read_text().splitlines()]
@@ -166,7 +159,7 @@ def test_grpo_steps_with_a_scripted_policy_earn_the_known_rewards_on_model_token
     # them) are masked out, the call and the answer are in.
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
     completion_ids, tool_mask, completion_mask = masks[0]
     ids, mask = completion_ids[0].tolist(), tool_mask[0].tolist()
     model_text = tokenizer.decode([t for t, m, c in zip(ids, mask, completion_mask[0].tolist()) if m and c])
@@ -184,14 +177,14 @@ from tracetune.config import load_tasks
 from tracetune.rl import run_rl
 from test_rl import CALL, ANSWER, rl_settings
 GRPOTrainer._generate_single_turn = scripted_generation(CALL, ANSWER, "(total 0)")
-print(run_rl(load_tasks({tasks!r}), {tiny!r}, None, {adapter!r}, {state!r}, rl_settings(max_steps=5)))
+print(run_rl(load_tasks({tasks!r}), {tiny_base!r}, None, {adapter!r}, {state!r}, rl_settings(max_steps=5)))
 """
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_from_its_last_checkpoint(taskfile, tiny, tmp_path):
+def test_a_killed_run_resumes_from_its_last_checkpoint(taskfile, tiny_base, tmp_path):
     script = tmp_path / "run.py"
-    script.write_text(RUN.format(tests=str(Path(__file__).parent), tasks=taskfile.path, tiny=str(tiny),
+    script.write_text(RUN.format(tests=str(Path(__file__).parent), tasks=taskfile.path, tiny_base=str(tiny_base),
                                  adapter=str(tmp_path / "adapter"), state=str(tmp_path / "state")))
     checkpoints = tmp_path / "state" / "checkpoints"
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

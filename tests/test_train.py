@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_fixtures import TOOLS, make_trace, render_rows, tiny_model, write_dataset  # noqa: E402
+from train_fixtures import TOOLS, make_trace, render_rows, write_dataset  # noqa: E402
 
 from tracetune import train as train_mod  # noqa: E402
 from tracetune.jsonio import InputError  # noqa: E402
@@ -30,11 +30,6 @@ def tokenizer(bundled_model):
     return AutoTokenizer.from_pretrained(bundled_model)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, bundled_model):
-    return tiny_model(tmp_path_factory.mktemp("tiny") / "model", bundled_model)
-
-
 def summed_loss(model, examples) -> float:
     """Sum of per-token cross-entropy over the loss tokens of `examples`."""
     import torch
@@ -49,7 +44,7 @@ def summed_loss(model, examples) -> float:
     return total
 
 
-def test_merged_traces_have_the_same_loss_as_their_rows(tokenizer, tiny):
+def test_merged_traces_have_the_same_loss_as_their_rows(tokenizer, tiny_base):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -59,7 +54,7 @@ def test_merged_traces_have_the_same_loss_as_their_rows(tokenizer, tiny):
     assert merged_counts["merged_sequences"] == 3 and len(merged) == 3 and len(separate) == len(rows) == 9
     assert merged_counts["loss_tokens"] == separate_counts["loss_tokens"]
     assert merged_counts["tokens"] < separate_counts["tokens"] / 1.8
-    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32).eval()
     with torch.no_grad():  # random LoRA-sized perturbation, so the weights are not just the init
         for param in model.parameters():
             param.add_(torch.randn_like(param) * 0.02)
@@ -100,10 +95,10 @@ def test_loss_labels_cover_exactly_the_target_turns(tokenizer):
     assert trained == expected
 
 
-def test_train_writes_adapter_metrics_and_summary(tmp_path, tokenizer, tiny):
+def test_train_writes_adapter_metrics_and_summary(tmp_path, tokenizer, tiny_base):
     write_dataset(tmp_path / "train.parquet", tokenizer, n_traces=2)
     out = tmp_path / "adapters" / "lora"
-    summary = train(tmp_path / "train.parquet", tiny, out, {**FAST, "epochs": 2},
+    summary = train(tmp_path / "train.parquet", tiny_base, out, {**FAST, "epochs": 2},
                     checkpoint_dir=tmp_path / "ckpt")
     for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "settings.json",
                  "metrics.jsonl", "summary.json", "loss.png"):
@@ -121,9 +116,9 @@ def test_train_writes_adapter_metrics_and_summary(tmp_path, tokenizer, tiny):
     assert not list(out.parent.glob(".*.tmp"))
 
 
-def test_padding_free_batches(tmp_path, tokenizer, tiny):
+def test_padding_free_batches(tmp_path, tokenizer, tiny_base):
     write_dataset(tmp_path / "train.parquet", tokenizer, n_traces=4)
-    summary = train(tmp_path / "train.parquet", tiny, tmp_path / "out", {**FAST, "batch_size": 2, "epochs": 1},
+    summary = train(tmp_path / "train.parquet", tiny_base, tmp_path / "out", {**FAST, "batch_size": 2, "epochs": 1},
                     checkpoint_dir=tmp_path / "ckpt")
     assert summary["steps"] == 2 and summary["tokens_trained"] == summary["tokens"]
 
@@ -137,9 +132,9 @@ train(sys.argv[1], sys.argv[2], sys.argv[3], {"epochs": 3, "save_steps": 2, "lea
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tokenizer, tiny):
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tokenizer, tiny_base):
     write_dataset(tmp_path / "train.parquet", tokenizer, n_traces=2)
-    args = [str(tmp_path / "train.parquet"), str(tiny), str(tmp_path / "out"), str(tmp_path / "ckpt")]
+    args = [str(tmp_path / "train.parquet"), str(tiny_base), str(tmp_path / "out"), str(tmp_path / "ckpt")]
     proc = subprocess.Popen([sys.executable, "-c", RUN_TRAIN, *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     ckpt = tmp_path / "ckpt"
@@ -185,8 +180,8 @@ def no_compute(monkeypatch):
     ("bad_module", "target_modules: 'c_attn'"),
     ("bad_backend", "train.backend: 'jax'"),
 ])
-def test_bad_input_is_one_line_before_compute(case, message, tmp_path, tokenizer, tiny, no_compute):
-    dataset, base, settings = tmp_path / "train.parquet", tiny, dict(FAST)
+def test_bad_input_is_one_line_before_compute(case, message, tmp_path, tokenizer, tiny_base, no_compute):
+    dataset, base, settings = tmp_path / "train.parquet", tiny_base, dict(FAST)
     write_dataset(dataset, tokenizer, n_traces=1, split="eval" if case == "empty" else "train")
     if case == "missing":
         dataset = tmp_path / "nope.parquet"
@@ -206,7 +201,7 @@ def test_unsloth_without_cuda_is_refused(monkeypatch):
         train_mod.resolve_backend("unsloth")
 
 
-def test_auto_on_cpu_never_imports_unsloth(tmp_path, monkeypatch, tokenizer, tiny):
+def test_auto_on_cpu_never_imports_unsloth(tmp_path, monkeypatch, tokenizer, tiny_base):
     # An importable "unsloth" that explodes if anything imports it.
     (tmp_path / "unsloth").mkdir()
     (tmp_path / "unsloth" / "__init__.py").write_text("raise RuntimeError('unsloth imported on CPU')\n")
@@ -214,7 +209,7 @@ def test_auto_on_cpu_never_imports_unsloth(tmp_path, monkeypatch, tokenizer, tin
     monkeypatch.setattr(train_mod, "cuda_available", lambda: False)
     assert train_mod.resolve_backend("auto") == "trl"
     write_dataset(tmp_path / "train.parquet", tokenizer, n_traces=1)
-    summary = train(tmp_path / "train.parquet", tiny, tmp_path / "out", {**FAST, "max_steps": 1},
+    summary = train(tmp_path / "train.parquet", tiny_base, tmp_path / "out", {**FAST, "max_steps": 1},
                     checkpoint_dir=tmp_path / "ckpt")
     assert summary["backend"] == "trl" and "unsloth" not in sys.modules
 

@@ -171,13 +171,11 @@ def test_collects_with_a_really_served_model_and_leaves_no_process(tmp_path, bun
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_smoke_run_on_a_tiny_model_ends_with_both_reports(tmp_path, bundled_model):
+def test_smoke_run_on_a_tiny_model_ends_with_both_reports(tmp_path, tiny_base):
     """`make smoke` (scripts/smoke.sh, configs/smoke.yaml) as a contributor runs it, on a 2-layer
     random model: collection to report and the rl stage, every stage's artifact appears, each model
     is evaluated by its own served endpoint, nothing is left running, and a rerun plans nothing."""
-    from train_fixtures import tiny_model
-
-    base = tiny_model(tmp_path / "tiny-base", bundled_model)
+    base = tiny_base
     wf = tmp_path / "smoke"
     env = {**os.environ, "SMOKE_DIR": str(wf), "SNAKEMAKE": SNAKEMAKE, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "smoke.sh"), "--config", f"base_model={base}"],
@@ -241,12 +239,11 @@ CURATE_ALL = {f"curate:task={t}" for t in RERUN_TASKS} | AFTER_CURATE
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, bundled_model):
+def finished(tmp_path_factory, tiny_base):
     from fakes import FakeEndpoint
-    from train_fixtures import tiny_model
 
     tmp = tmp_path_factory.mktemp("rerun")
-    base = tiny_model(tmp / "tiny-base", bundled_model)
+    base = tiny_base
     tasks = [copy.deepcopy(DEMO_TASKS[t]) for t in ("price-kettle", "stock-teapot", "site-{slug}",
                                                      "eval-price-chefs-knife")]
     tasks[1]["samples"] = 1
