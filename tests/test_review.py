@@ -2,6 +2,7 @@
 only those, only under curation/), and what curate would refuse it refuses."""
 
 import json
+import re
 import shutil
 import urllib.error
 import urllib.request
@@ -129,7 +130,7 @@ def test_an_invalid_edit_is_refused_and_writes_nothing(project, form, reason):
 
 
 @pytest.mark.parametrize("trace_id", ["../../config", "price-total--s0/../../x", "price-total--s99",
-                                      "other-task--s1", ".", "..", "price-total--s0\x00"])
+                                      "other-task--s1", ".", "..", "price-total--s0\x00", "price-total--s0\n"])
 def test_untrusted_trace_ids_touch_nothing(project, trace_id):
     before = {p: p.read_bytes() for p in project.root.rglob("*") if p.is_file()}
     for form in ({"action": "reject"}, {"action": "set_text", "index": "6", "content": "x"}, {"action": "revert"}):
@@ -176,6 +177,165 @@ def test_the_server_serves_loopback_and_its_own_forms_only(project):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def served(project):
+    import threading
+
+    server = ReviewServer(project, 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def fetch(url: str, headers: dict | None = None, data: bytes | None = None) -> tuple[int, dict, str]:
+    request = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read().decode()
+
+
+def test_no_page_may_frame_the_review_page_nor_run_an_unnonced_script(served):
+    status, headers, html = fetch(served.url + "trace/price-total--s0")
+    assert status == 200 and headers["X-Frame-Options"] == "DENY"
+    policy = dict(part.strip().split(" ", 1) for part in headers["Content-Security-Policy"].split(";"))
+    assert policy["frame-ancestors"] == "'none'"
+    nonce = policy["script-src"].removeprefix("'nonce-").removesuffix("'")
+    assert "unsafe-inline" not in policy["script-src"] and len(nonce) >= 16
+    assert not re.search(r"<[^>]*\son[a-z]+=", html)  # no inline event handler (the nonce would not cover it)
+    assert html.count("<script") == html.count(f'<script nonce="{nonce}">')
+    assert fetch(served.url + "trace/price-total--s0")[1]["Content-Security-Policy"] != headers["Content-Security-Policy"]
+
+
+def test_a_trace_id_ending_in_a_newline_is_refused_and_writes_nothing(served, project):
+    before = {p: p.read_bytes() for p in project.root.rglob("*") if p.is_file()}
+    status, _, body = fetch(served.url + "trace/price-total--s0%0A",
+                            data=f"action=reject&token={served.token}".encode())
+    assert status == 404 and "is not a trace of this project" in body
+    assert {p: p.read_bytes() for p in project.root.rglob("*") if p.is_file()} == before
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(served, project):
+    import socket
+
+    with socket.create_connection(served.server_address, timeout=10) as sock:  # 50 MB announced, 10 bytes sent
+        sock.sendall(b"POST /trace/price-total--s0 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 52428800\r\n\r\naction=rej")
+        assert sock.recv(200).startswith(b"HTTP/1.0 413")
+    status, _, _ = fetch(served.url + "trace/price-total--s0", headers={"Content-Length": "-5"}, data=b"x")
+    assert status in (400, 413)
+    assert read_trace_ids(project.root / "curation/reject.txt", "price-total") == []
+
+
+def test_the_plan_is_for_the_page_s_own_script_and_one_at_a_time(served, project, monkeypatch):
+    import threading
+
+    release, asked = threading.Event(), []
+
+    def planned_jobs():
+        asked.append(1)
+        release.wait(30)
+        return ["curate:task=price-total"]
+
+    monkeypatch.setattr(project, "planned_jobs", planned_jobs)
+    assert fetch(served.url + "plan")[0] == 403  # what any web page's <img> or fetch() would send
+    assert fetch(served.url + "plan", {"X-Review-Token": "guess"})[0] == 403
+    first = threading.Thread(target=lambda: asked.append(fetch(served.url + "plan", {"X-Review-Token": served.token})))
+    first.start()
+    while not asked:
+        pass
+    status, headers, _ = fetch(served.url + "plan", {"X-Review-Token": served.token})
+    assert status == 429 and headers["Retry-After"]
+    release.set()
+    first.join()
+    assert asked[1][0] == 200 and json.loads(asked[1][2]) == {"jobs": ["curate:task=price-total"]}
+
+
+def test_a_burst_of_connections_is_answered_and_an_idle_one_dropped(served, monkeypatch):
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(64) as pool:
+        statuses = list(pool.map(lambda _: fetch(served.url + "trace/price-total--s0")[0], range(200)))
+    assert statuses == [200] * 200
+    import tracetune.review
+
+    monkeypatch.setattr(tracetune.review.ReviewHandler, "timeout", 0.5)
+    with socket.create_connection(served.server_address, timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\n")  # and nothing more
+        assert sock.recv(100) == b""  # closed by the server, not held open
+
+
+def test_saving_a_text_unchanged_keeps_its_bytes(project):
+    path = project.root / "data/traces/raw/price-total.jsonl"
+    lines = path.read_text().splitlines()
+    trace = json.loads(lines[0])
+    trace["messages"][6]["content"] = "\nTwo blue widgets:\n  $25.00\r\nin all."
+    path.write_text("\n".join([json.dumps(trace), *lines[1:]]) + "\n")
+    browser_sent = "\nTwo blue widgets:\r\n  $25.00\r\nin all."  # a form sends every line break as CRLF
+    apply_action(project, "price-total--s0", {"action": "set_text", "index": "6", "content": browser_sent,
+                                              "reasoning": "The sum is 25."})
+    saved = json.loads((project.root / "curation/edits/price-total--s0.json").read_text())
+    assert saved["messages"][6] == trace["messages"][6]
+    apply_action(project, "price-total--s0", {"action": "set_text", "index": "6", "content": "A\r\nB",
+                                              "reasoning": "The sum is 25."})
+    saved = json.loads((project.root / "curation/edits/price-total--s0.json").read_text())
+    assert saved["messages"][6]["content"] == "A\nB"  # typed line breaks are LF, as in every trace
+
+
+@pytest.mark.browser
+def test_in_a_browser_a_hostile_page_cannot_frame_it_and_unchanged_edits_round_trip(served, project, chromium):
+    import http.server
+    import threading
+
+    from playwright.sync_api import sync_playwright
+
+    path = project.root / "data/traces/raw/price-total.jsonl"
+    lines = path.read_text().splitlines()
+    trace = json.loads(lines[0])
+    original = "\nTwo blue widgets:\n  $25.00 in all.\n"  # a leading newline, which HTML would drop
+    trace["messages"][6]["content"] = original
+    path.write_text("\n".join([json.dumps(trace), *lines[1:]]) + "\n")
+    hostile_html = (f'<p>win a prize</p><iframe id="f" src="{served.url}trace/price-total--s0" '
+                    'style="opacity:0.01" width="800" height="600"></iframe>').encode()
+
+    class Hostile(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(hostile_html)
+
+        def log_message(self, *args):
+            pass
+
+    hostile = http.server.HTTPServer(("127.0.0.1", 0), Hostile)
+    threading.Thread(target=hostile.serve_forever, daemon=True).start()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{hostile.server_port}/", wait_until="load")
+            framed = [f for f in page.frames if f is not page.main_frame]
+            assert framed and not any(f.query_selector("input[name=token]") for f in framed)
+            assert read_trace_ids(project.root / "curation/reject.txt", "price-total") == []
+
+            page.goto(served.url + "trace/price-total--s0")
+            page.locator("summary", has_text="edit the final answer").click()
+            form = page.locator("details.edit[open] form")
+            assert form.locator("textarea[name=content]").input_value() == original
+            form.locator("button", has_text="save text").click()
+            assert "saved" in page.inner_text("#done")
+            browser.close()
+    finally:
+        hostile.shutdown()
+        hostile.server_close()
+    saved = json.loads((project.root / "curation/edits/price-total--s0.json").read_text())
+    assert saved["messages"][6]["content"] == original
 
 
 # --- the page in a real browser, on a built workflow -------------------------------------------

@@ -43,7 +43,9 @@ log = logging.getLogger(__name__)
 
 TRACE_KINDS = ("raw", "imported", "recorded")  # data/traces/{kind}/{task}.jsonl, as curate reads them
 VERDICT_FILES = {"reject": "reject.txt", "keep": "keep.txt"}
-TRACE_ID = re.compile(r"^[A-Za-z0-9._-]+$")  # the trace schema's pattern
+TRACE_ID = re.compile(r"[A-Za-z0-9._-]+")  # the trace schema's pattern, always fullmatch()ed
+MAX_BODY = 1 << 20  # bytes of a form: an edited trace text is far smaller
+REQUEST_TIMEOUT_S = 10  # a connection that sends nothing is dropped, not waited on
 
 
 # --- the project's traces, judged as curate judges them -----------------------------------------
@@ -114,7 +116,7 @@ class Project:
 
     def row(self, trace_id: str) -> Row:
         """The listed trace with this id; anything else (a path, an unknown id) is an InputError."""
-        if not TRACE_ID.match(trace_id) or task_of_trace_id(trace_id) not in self.taskfile.tasks:
+        if not TRACE_ID.fullmatch(trace_id) or task_of_trace_id(trace_id) not in self.taskfile.tasks:
             raise InputError(f"trace_id: {trace_id[:80]!r} is not a trace of this project")
         state = self.task_state(task_of_trace_id(trace_id))
         if state.error:
@@ -202,11 +204,21 @@ def _assistant(trace: dict, index: int) -> dict:
     return messages[index]
 
 
+def as_typed(submitted: str, original: str | None) -> str:
+    """A textarea's text as the person typed it: browsers send every line break as CRLF, so line
+    breaks are LF again, and a text the person left unchanged keeps its original bytes."""
+    text = submitted.replace("\r\n", "\n")
+    if original is not None and text == original.replace("\r\n", "\n"):
+        return original
+    return text
+
+
 def set_text(trace: dict, index: int, content: str, reasoning: str | None) -> dict:
     """An assistant message's text (the final answer, for the last one) and reasoning."""
     trace = copy.deepcopy(trace)
     message = _assistant(trace, index)
-    message["content"] = content
+    message["content"] = as_typed(content, message.get("content"))
+    reasoning = as_typed(reasoning, message.get("reasoning_content")) if reasoning is not None else None
     if reasoning:
         message["reasoning_content"] = reasoning
     else:
@@ -221,8 +233,11 @@ def set_arguments(trace: dict, index: int, call: int, arguments: str) -> dict:
     calls = _assistant(trace, index).get("tool_calls") or []
     if not 0 <= call < len(calls):
         raise InputError(f"messages[{index}].tool_calls[{call}]: no such call")
+    original = calls[call]["function"]["arguments"]
+    arguments = as_typed(arguments, original)
     try:
-        arguments = json.dumps(json.loads(arguments), ensure_ascii=False)
+        if arguments is not original:
+            arguments = json.dumps(json.loads(arguments), ensure_ascii=False)
     except json.JSONDecodeError:
         pass
     calls[call]["function"]["arguments"] = arguments
@@ -358,6 +373,7 @@ def trace_page(row: Row) -> dict:
 
 class ReviewServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # a burst of connections waits in the listen queue instead of being refused
 
     def __init__(self, project: Project, port: int):
         super().__init__(("127.0.0.1", port), ReviewHandler)
@@ -365,6 +381,7 @@ class ReviewServer(ThreadingHTTPServer):
         self.token = secrets.token_urlsafe(16)
         self.templates = environment()
         self.write_lock = threading.Lock()  # one action at a time: each reads, then rewrites a file
+        self.plan_lock = threading.Lock()  # one `snakemake -n` at a time; a second asker is told to wait
 
     @property
     def url(self) -> str:
@@ -373,6 +390,7 @@ class ReviewServer(ThreadingHTTPServer):
 
 class ReviewHandler(BaseHTTPRequestHandler):
     server: ReviewServer
+    timeout = REQUEST_TIMEOUT_S
 
     def log_message(self, format, *args):
         log.debug("review: " + format, *args)
@@ -381,22 +399,31 @@ class ReviewHandler(BaseHTTPRequestHandler):
         host = (self.headers.get("Host") or "").rsplit(":", 1)[0]
         return host in ("127.0.0.1", "localhost", "[::1]")
 
+    def _token_ok(self, given: str | None) -> bool:
+        return secrets.compare_digest(given or "", self.server.token)
+
     def _send(self, status: int, body: str, content_type: str = "text/html; charset=utf-8",
-              headers: dict | None = None) -> None:
+              headers: dict | None = None, nonce: str = "") -> None:
         data = body.encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
-        self.send_header("Content-Security-Policy", "default-src 'self'; style-src 'unsafe-inline'; "
-                                                    "script-src 'unsafe-inline'; form-action 'self'")
+        # Scripts run only with this response's nonce (no inline handlers, no injected <script>); no
+        # other page may frame this one (a framed form is one click from being submitted).
+        scripts = f"'nonce-{nonce}'" if nonce else "'none'"
+        self.send_header("Content-Security-Policy", f"default-src 'self'; style-src 'unsafe-inline'; "
+                                                    f"script-src {scripts}; form-action 'self'; frame-ancestors 'none'")
+        self.send_header("X-Frame-Options", "DENY")
+        self.send_header("X-Content-Type-Options", "nosniff")
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
         self.wfile.write(data)
 
     def _render(self, status: int, template: str, **context) -> None:
-        html = self.server.templates.get_template(template).render(token=self.server.token, **context)
-        self._send(status, html)
+        nonce = secrets.token_urlsafe(16)
+        html = self.server.templates.get_template(template).render(token=self.server.token, nonce=nonce, **context)
+        self._send(status, html, nonce=nonce)
 
     def do_GET(self):
         if not self._host_ok():
@@ -407,21 +434,42 @@ class ReviewHandler(BaseHTTPRequestHandler):
             return self._render(200, "review.html.j2", page="index",
                                 **listing(self.server.project, {k: query.get(k, "") for k in FILTERS}))
         if url.path == "/plan":
-            try:
-                body = {"jobs": self.server.project.planned_jobs()}
-            except (InputError, subprocess.TimeoutExpired) as e:
-                body = {"error": str(e)}
-            return self._send(200, json.dumps(body), "application/json")
+            return self._plan()
         if url.path.startswith("/trace/"):
             return self._trace(urllib.parse.unquote(url.path[len("/trace/"):]), query.get("done"), None)
         self._send(404, "not found", "text/plain")
 
+    def _plan(self) -> None:
+        """The jobs the next snakemake would run: only for this page's own script (a custom header,
+        which another origin cannot send without a CORS preflight this server never grants), and
+        one dry run at a time."""
+        if not self._token_ok(self.headers.get("X-Review-Token")):
+            return self._send(403, "forbidden: this page's own script only", "text/plain")
+        if not self.server.plan_lock.acquire(blocking=False):
+            return self._send(429, json.dumps({"error": "a plan is being made; ask again"}), "application/json",
+                              {"Retry-After": "5"})
+        try:
+            body = {"jobs": self.server.project.planned_jobs()}
+        except (InputError, subprocess.TimeoutExpired) as e:
+            body = {"error": str(e)}
+        finally:
+            self.server.plan_lock.release()
+        self._send(200, json.dumps(body), "application/json")
+
     def do_POST(self):
         url = urllib.parse.urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        form = {k: v[0] for k, v in urllib.parse.parse_qs(self.rfile.read(length).decode("utf-8"),
+        if not self._host_ok():
+            return self._send(403, "loopback only", "text/plain")
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY:  # refused before a byte of it is read
+            self.close_connection = True
+            return self._send(413, f"a form is at most {MAX_BODY} bytes", "text/plain")
+        form = {k: v[0] for k, v in urllib.parse.parse_qs(self.rfile.read(length).decode("utf-8", "replace"),
                                                            keep_blank_values=True).items()}
-        if not self._host_ok() or not secrets.compare_digest(form.get("token", ""), self.server.token):
+        if not self._token_ok(form.get("token")):
             return self._send(403, "forbidden: loopback and this page's own forms only", "text/plain")
         if not url.path.startswith("/trace/"):
             return self._send(404, "not found", "text/plain")
