@@ -5,7 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from tracetune.curate import curate_task, edit_paths, read_trace_ids, unrecovered_tool_errors, write_curation_report
+from tracetune.curate import (
+    curate_task,
+    edit_paths,
+    read_trace_ids,
+    unrecovered_tool_errors,
+    validate_trace,
+    write_curation_report,
+)
 from tracetune.jsonio import InputError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -155,3 +162,11 @@ def test_recorded_and_imported_traces_are_curated_beside_collected_ones(tmp_path
     recorded.write_text(json.dumps(raw_traces()[0]) + "\n")
     with pytest.raises(InputError, match=r"recorded.jsonl: trace_id: 'price-total--s0' appears in .*price-total.jsonl too"):
         curate(added=[str(recorded)])
+
+
+@pytest.mark.parametrize("field, value", [("trace_id", "price-total--s0\n"), ("task_id", "price-total\n")])
+def test_an_id_ending_in_a_newline_is_not_a_trace(field, value):
+    """`$` in a pattern also matches before a final newline: the schema's patterns exclude it."""
+    trace = json.loads((Path(__file__).parent / "fixtures/raw/price-total.jsonl").read_text().splitlines()[0])
+    with pytest.raises(InputError, match=f"{field}: "):
+        validate_trace(trace | {field: value}, "x.jsonl")

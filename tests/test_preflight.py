@@ -131,6 +131,7 @@ BAD_TASKS = [
     (in_task(0, servers=["shop", "warehouse"]), "task 'price-kettle': servers: unknown server 'warehouse'"),
     (in_task(1, id="price-kettle"), "task 'price-kettle': id: duplicate task id"),
     (in_task(0, id="Price Kettle"), "task 'Price Kettle': id: 'Price Kettle' does not match"),
+    (in_task(0, id="price-kettle\n"), "task 'price-kettle\\n': id: 'price-kettle\\n' does not match"),
     (lambda d: d["tasks"][0].pop("prompt"), "task 'price-kettle': 'prompt' is a required property"),
     (lambda d: d["tasks"][3].pop("check"),
      "task 'eval-order-status-1009': check: an eval task needs a check (it is how the task is scored)"),
