@@ -12,7 +12,7 @@ import pytest
 from fakes import FakeEndpoint, first_tool_then_answer, tool_then_answer
 from tracetune.agent import Endpoint, Settings
 from tracetune.config import load_tasks
-from tracetune.evaluate import (check_failures, evaluate_to_files, percentile, score_traces,
+from tracetune.evaluate import (evaluate_to_files, percentile, score_traces,
                                 tool_call_validity, tool_selection, wilson_interval)
 from tracetune.heldout import heldout_loss
 from tracetune.jsonio import InputError, read_jsonl
@@ -130,9 +130,11 @@ def test_percentile_matches_numpy_linear():
 
 
 def test_dead_server_is_a_failed_run_not_a_zero_score():
-    with pytest.raises(RuntimeError, match="1/4 traces ended in an error"):
-        check_failures(traces("base"), max_error_rate=0.2)
-    check_failures(traces("base"), max_error_rate=0.5)
+    from tracetune.collect import check_error_budget
+
+    with pytest.raises(RuntimeError, match=r"evaluation failed: 1/4 traces ended in an error \(more than x=0.2\)"):
+        check_error_budget(traces("base"), 0.2, "evaluation", "x")
+    check_error_budget(traces("base"), 0.5, "evaluation", "x")
 
 
 # --- evaluate entry point (scripted endpoint, live demo MCP server) ----------------------------

@@ -204,3 +204,20 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(taskfile, tiny_base, tmp_
     steps = sorted(p.name for p in (tmp_path / "state" / "rollouts").glob("step-*.jsonl"))
     assert steps == [f"step-{n:05d}.jsonl" for n in range(1, 6)]
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_rl_calls_tools_with_the_users_tool_timeout(taskfile, tiny_base, tmp_path, monkeypatch):
+    """collect.tool_timeout_s as configured, not the schema's default (rules/scripts/grpo.py passes it)."""
+    import tracetune.rl
+    from tracetune.rl import run_rl
+
+    seen = []
+
+    def stop(taskfile, tasks, truncate, tool_timeout_s):
+        seen.append(tool_timeout_s)
+        raise RuntimeError("stopped before any rollout")
+
+    monkeypatch.setattr(tracetune.rl, "environments", stop)
+    with pytest.raises(RuntimeError, match="stopped before any rollout"):
+        run_rl(taskfile, tiny_base, None, tmp_path / "adapter", tmp_path / "state", rl_settings(), tool_timeout_s=7)
+    assert seen == [7]

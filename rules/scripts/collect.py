@@ -15,4 +15,5 @@ collect_to_file(
     resolve_endpoint(params.endpoint | untracked_settings(config, "endpoint"), snakemake.input.served),
     Settings.from_config(params.agent | {"truncate": params.truncate} | untracked_settings(config, "collect")),
     default_samples=params.samples,
+    max_error_rate=untracked_settings(config, "collect", "max_error_rate"),
 )

@@ -17,4 +17,5 @@ run_rl(
     train_settings=params.lora | untracked_settings(snakemake.config, "train"),
     truncate=params.truncate,
     system_prompt=params.system_prompt,
+    tool_timeout_s=untracked_settings(snakemake.config, "collect", "tool_timeout_s"),
 )

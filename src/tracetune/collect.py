@@ -133,9 +133,21 @@ def collect_task(taskfile: TaskFile, task_id: str, endpoint: Endpoint | None, se
     return asyncio.run(acollect(taskfile, [task_id], endpoint, settings, **kwargs))[task_id]
 
 
+def check_error_budget(traces: list[dict], max_error_rate: float, job: str, setting: str) -> None:
+    """A dead server or endpoint turns every trace into an error: that is a failed job (nothing
+    written, rerun when it is up), not a task with no good trace or a 0 % model."""
+    errors = [t for t in traces if (t.get("outcome") or {}).get("status") == "error"]
+    if traces and len(errors) / len(traces) > max_error_rate:
+        first = (errors[0].get("outcome") or {}).get("error")
+        raise RuntimeError(f"{job} failed: {len(errors)}/{len(traces)} traces ended in an error "
+                           f"(more than {setting}={max_error_rate}); first: {first}")
+
+
 def collect_to_file(taskfile: TaskFile, task_id: str, out_path: str, endpoint: Endpoint | None,
-                    settings: Settings, default_samples: int) -> list[dict]:
-    """The collect rule: all traces of one task, written atomically as JSONL."""
+                    settings: Settings, default_samples: int, max_error_rate: float = 0.5) -> list[dict]:
+    """The collect rule: all traces of one task, written atomically as JSONL, unless more of them
+    than `max_error_rate` ended in an error."""
     traces = collect_task(taskfile, task_id, endpoint, settings, default_samples=default_samples)
+    check_error_budget(traces, max_error_rate, f"collecting {task_id!r}", "collect.max_error_rate")
     write_jsonl(out_path, traces)
     return traces

@@ -236,15 +236,6 @@ def reorder_effect(given: dict, reordered: dict) -> dict:
             "delta_points": round(delta, 1), "flipped": flipped}
 
 
-def check_failures(traces: list[dict], max_error_rate: float) -> None:
-    """A dead server turns every trace into an error: that is a failed run, not a 0 % model."""
-    errors = [t for t in traces if (t.get("outcome") or {}).get("status") == "error"]
-    if traces and len(errors) / len(traces) > max_error_rate:
-        first = (errors[0].get("outcome") or {}).get("error")
-        raise RuntimeError(f"evaluation failed: {len(errors)}/{len(traces)} traces ended in an error "
-                           f"(more than evaluate.max_error_rate={max_error_rate}); first: {first}")
-
-
 def evaluate_to_files(taskfile, endpoint, settings, *, samples: int, max_error_rate: float,
                       model: str, results_path: str, summary_path: str,
                       reordered_path: str, reorder: bool = False, system_prompt: bool = True) -> dict:
@@ -255,8 +246,10 @@ def evaluate_to_files(taskfile, endpoint, settings, *, samples: int, max_error_r
     them when curation drops the collection's guiding system prompt."""
     if not system_prompt:
         taskfile = dataclasses.replace(taskfile, system_prompt=None)
+    from tracetune.collect import check_error_budget
+
     traces, reordered = run_eval_tasks(taskfile, endpoint, settings, samples, reorder)
-    check_failures(traces + reordered, max_error_rate)
+    check_error_budget(traces + reordered, max_error_rate, "evaluation", "evaluate.max_error_rate")
     summary = {"model": model, "served_model": endpoint.model, "samples": samples} | score_traces(traces, taskfile.tasks)
     summary["reordered"] = reorder_effect(summary, score_traces(reordered, taskfile.tasks)) if reorder else None
     write_jsonl(results_path, traces)

@@ -345,10 +345,12 @@ def task_rows(tasks: list[dict], system_prompt: str | None, n: int, seed: int) -
 
 def run_rl(taskfile: TaskFile, base_model: str | os.PathLike, init_adapter: str | os.PathLike | None,
            out_dir: str | os.PathLike, state_dir: str | os.PathLike, settings: dict | None = None, *,
-           train_settings: dict | None = None, truncate: int = 4000, system_prompt: bool = False) -> dict:
+           train_settings: dict | None = None, truncate: int = 4000, system_prompt: bool = False,
+           tool_timeout_s: float | None = None) -> dict:
     """GRPO from `init_adapter` (None: a fresh LoRA of `train_settings`' shape) into the adapter
     `out_dir`; rollouts and checkpoints in `state_dir` (a killed run resumes there). The prompts
-    carry the task file's system prompt only with `system_prompt`, as SFT rows and evaluation do."""
+    carry the task file's system prompt only with `system_prompt`, as SFT rows and evaluation do.
+    `tool_timeout_s` is collect.tool_timeout_s (None: its default)."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # environment_factory is experimental: we know
     from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
@@ -360,7 +362,9 @@ def run_rl(taskfile: TaskFile, base_model: str | os.PathLike, init_adapter: str 
     train_settings = section_settings("train", train_settings)
     base_model = check_model_dir(base_model, "base model")
     tasks = rl_tasks(taskfile, settings)
-    envs = environments(taskfile, tasks, truncate, section_settings("collect")["tool_timeout_s"])
+    if tool_timeout_s is None:
+        tool_timeout_s = section_settings("collect")["tool_timeout_s"]
+    envs = environments(taskfile, tasks, truncate, tool_timeout_s)
     out_dir, state_dir = Path(out_dir), Path(state_dir)
     prepare_checkpoint_dir(state_dir, rl_fingerprint(settings, tasks, base_model, init_adapter, truncate, system_prompt))
     resume_from = last_checkpoint(state_dir / "checkpoints")
