@@ -65,7 +65,8 @@ def run_plain_peft(data: Path, base: str) -> dict:
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tracetune.backends.peft_lora import lora_config, weights_dtype
+    from tracetune.backends.peft_lora import lora_config
+    from tracetune.models import weights_dtype
     from tracetune.config import section_settings
     from tracetune.train import build_sequences
 
@@ -76,7 +77,7 @@ def run_plain_peft(data: Path, base: str) -> dict:
     examples, _ = build_sequences(rows, tokenizer, settings["max_seq_len"], merge_traces=False)
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=weights_dtype()).to(device)  # as the rule loads it
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=weights_dtype(device)).to(device)  # as the rule loads it
     torch.manual_seed(0)
     model = get_peft_model(model, lora_config(settings))
     model.train()

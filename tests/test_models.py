@@ -85,3 +85,31 @@ def test_directory_that_is_not_a_model(tmp_path):
         prepare_base_model(str(tmp_path), tmp_path / "out")
     with pytest.raises(InputError, match="not a model directory"):
         load_tokenizer(tmp_path)
+
+
+@pytest.mark.parametrize("device, native, dtype, flags", [
+    ("cuda", True, "bfloat16", {"bf16": True, "fp16": False}),
+    ("cuda", False, "float32", {"bf16": False, "fp16": True}),  # pre-Ampere: float32 weights, fp16 autocast
+    ("cpu", True, "bfloat16", {"bf16": True, "fp16": False}),
+    ("cpu", False, "float32", {"bf16": False, "fp16": False}),
+])
+def test_one_precision_rule_for_the_weights_and_the_trainers_flags(monkeypatch, device, native, dtype, flags):
+    """SFT (backends.sft_config) and RL (GRPOConfig) take their flags from mixed_precision, and
+    both load weights with weights_dtype: bf16 weights never meet a trainer told not to use bf16."""
+    import torch
+
+    import tracetune.models as models
+
+    monkeypatch.setattr(models, "bf16_native", lambda d: native)
+    assert models.weights_dtype(device) == getattr(torch, dtype)
+    assert models.mixed_precision(device) == flags
+
+
+def test_sft_uses_the_one_precision_rule(monkeypatch, tmp_path):
+    import tracetune.models as models
+    from tracetune.backends import sft_config
+    from tracetune.config import section_settings
+
+    monkeypatch.setattr(models, "bf16_native", lambda d: False)
+    config = sft_config(tmp_path, section_settings("train"), "cpu")
+    assert (config.bf16, config.fp16) == (False, False)

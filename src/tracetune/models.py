@@ -39,6 +39,20 @@ def bf16_native(device: str) -> bool:
     return torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
+def weights_dtype(device: str):
+    """The dtype a model is trained in on `device` (SFT and RL alike): bf16 where it is native,
+    float32 elsewhere (a GPU without bf16 trains float32 weights under float16 autocast)."""
+    import torch
+
+    return torch.bfloat16 if bf16_native(device) else torch.float32
+
+
+def mixed_precision(device: str) -> dict:
+    """The trainer's precision flags that go with weights_dtype(device): the one rule for SFT and RL."""
+    bf16 = bf16_native(device)
+    return {"bf16": bf16, "fp16": device.startswith("cuda") and not bf16}
+
+
 def bundled_gguf(name: str) -> Path:
     """Path of a bundled GGUF, found without importing its package (that needs `llm`)."""
     if name not in BUNDLED:

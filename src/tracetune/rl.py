@@ -355,7 +355,7 @@ def run_rl(taskfile: TaskFile, base_model: str | os.PathLike, init_adapter: str 
     from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    from tracetune.models import check_model_dir
+    from tracetune.models import check_model_dir, mixed_precision
     from tracetune.train import last_checkpoint, plot_metric, prepare_checkpoint_dir
 
     settings = section_settings("rl", settings)
@@ -389,7 +389,7 @@ def run_rl(taskfile: TaskFile, base_model: str | os.PathLike, init_adapter: str 
         num_generations=settings["group_size"], max_completion_length=settings["max_completion_length"],
         temperature=settings["temperature"], max_tool_calling_iterations=settings["max_tool_calls"],
         beta=settings["beta"], seed=settings["seed"], logging_steps=1, save_steps=settings["save_steps"],
-        save_strategy="steps", report_to=[], use_cpu=not cuda, bf16=weights_dtype_is_bf16(),
+        save_strategy="steps", report_to=[], use_cpu=not cuda, **mixed_precision("cuda" if cuda else "cpu"),
         use_vllm=vllm, vllm_mode="colocate", shuffle_dataset=False, disable_tqdm=True,
         gradient_checkpointing=train_settings["gradient_checkpointing"],
         save_total_limit=train_settings["save_total_limit"],
@@ -419,14 +419,6 @@ def run_rl(taskfile: TaskFile, base_model: str | os.PathLike, init_adapter: str 
         write_json(tmp / "summary.json", summary)
         plot_metric(curve, tmp / "reward.png", "reward", "mean reward", f"reward — {out_dir.name}")
     return summary
-
-
-def weights_dtype_is_bf16() -> bool:
-    import torch
-
-    from tracetune.backends.peft_lora import weights_dtype
-
-    return weights_dtype() == torch.bfloat16
 
 
 def rl_fingerprint(settings: dict, tasks: list[dict], base_model, init_adapter, *rest) -> str:

@@ -25,10 +25,9 @@ def run_trainer(backend: str, examples: list[dict], tokenizer, base_model: Path,
 def sft_config(checkpoint_dir: Path, settings: dict, device: str):
     from trl import SFTConfig
 
-    from tracetune.models import bf16_native
+    from tracetune.models import mixed_precision
 
     cuda = device == "cuda"
-    bf16 = bf16_native(device)
     batched = settings["batch_size"] > 1
     padding_free = batched and settings["padding_free"]
     packing = batched and settings["packing"]
@@ -44,8 +43,7 @@ def sft_config(checkpoint_dir: Path, settings: dict, device: str):
         weight_decay=settings["weight_decay"],
         max_grad_norm=settings["max_grad_norm"],
         optim="adamw_8bit" if cuda else "adamw_torch",
-        bf16=bf16,
-        fp16=cuda and not bf16,
+        **mixed_precision(device),
         use_cpu=not cuda,
         seed=settings["seed"],
         data_seed=settings["seed"],

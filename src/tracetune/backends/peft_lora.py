@@ -13,15 +13,6 @@ def lora_config(settings: dict):
                       bias="none", task_type="CAUSAL_LM")
 
 
-def weights_dtype():
-    """bf16 on CUDA and on CPUs that compute it natively, float32 elsewhere."""
-    import torch
-
-    from tracetune.models import bf16_native
-
-    return torch.bfloat16 if torch.cuda.is_available() or bf16_native("cpu") else torch.float32
-
-
 def load_lora_model(base_model: Path, settings: dict, adapter: Path | None = None):
     """The base model with a fresh LoRA of `settings`' shape, or with `adapter` made trainable
     again (RL continuing an SFT run); and the device it is on."""
@@ -29,13 +20,15 @@ def load_lora_model(base_model: Path, settings: dict, adapter: Path | None = Non
     from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from tracetune.models import weights_dtype
+
     cuda = torch.cuda.is_available()
-    kwargs = {"dtype": weights_dtype()}
+    kwargs = {"dtype": weights_dtype("cuda" if cuda else "cpu")}
     if cuda and settings["load_in_4bit"]:
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                           bnb_4bit_compute_dtype=torch.bfloat16)
+                                                           bnb_4bit_compute_dtype=kwargs["dtype"])
     model = AutoModelForCausalLM.from_pretrained(base_model, **kwargs)
     if cuda:
         model.to("cuda")
