@@ -141,7 +141,7 @@ def test_settings_split_into_params_and_the_rest():
                           "evaluate": {"endpoints": {"lora": {"base_url": "http://gpu:8000/v1"}}}})
     assert result_settings(config, "collect") == {
         "max_tokens": 512, "max_turns": 8, "samples": 0, "seed": 0, "temperature": 0.7, "truncate": 4000}
-    assert untracked_settings(config, "collect") == {"concurrency": 8, "tool_timeout_s": 30}
+    assert untracked_settings(config, "collect") == {"concurrency": 8, "tool_timeout_s": 30, "max_error_rate": 0.5}
     assert result_settings(config, "evaluate", "endpoints") == {"lora": {"base_url": "http://gpu:8000/v1", "model": ""}}
     assert untracked_settings(config, "evaluate", "endpoints", "lora") == {
         "api_key_env": "", "max_retries": 4, "timeout_s": None}

@@ -142,6 +142,8 @@ BAD_TASKS = [
     (in_task(0, samples=-1), "task 'price-kettle': samples: -1 is less than the minimum of 0"),
     (in_task(0, max_turns=0), "task 'price-kettle': max_turns: 0 is less than the minimum of 1"),
     (in_task(0, tools=["teleport"]), "task 'price-kettle': tools: 'teleport' is not a tool of server(s) shop"),
+    (lambda d: [t.pop("reference") for t in d["tasks"]] and d["tasks"][0].update(tools=["serch_products"]),
+     "task 'price-kettle': tools: 'serch_products' is not a tool of server(s) shop"),  # no plan lists the shop
     (lambda d: d["tasks"][0]["reference"].__setitem__(0, {"tool": "teleport"}),
      "task 'price-kettle': reference[0].tool: 'teleport' is not a tool of server(s) shop"),
     (lambda d: d["tasks"][0]["reference"].pop(), "task 'price-kettle': reference: 0 answer step(s) for 1"),
@@ -184,3 +186,19 @@ def test_a_lora_target_the_model_lacks_is_caught_before_any_job(tmp_path, cache_
                                          r"bundled:smollm2-135m has no such module$"):
         run_checks(tmp_path, cache_dir, config_change=setting("train.target_modules", ["q_proj", "qkv_proj"]))
     assert list(cache_dir.glob("module-names-*.json"))  # found once, then read from the cache
+
+
+@pytest.mark.parametrize("change, line", [
+    (lambda c: c.update(base_model="/nonexistent/model"), "base_model: /nonexistent/model does not exist"),
+    (lambda c: c["report"].update(baseline="gpt"), "report.baseline: 'gpt' is not one of"),
+])
+def test_cheap_checks_come_before_starting_servers_or_importing_torch(tmp_path, cache_dir, monkeypatch, change, line):
+    import tracetune.preflight
+
+    def started(*args):
+        raise AssertionError("a server was started or torch imported before a cheap check failed")
+
+    monkeypatch.setattr(tracetune.preflight, "cached_server_tools", started)
+    monkeypatch.setattr(tracetune.preflight, "cached_module_names", started)
+    with pytest.raises(InputError, match=line.replace("(", r"\(")):
+        run_checks(tmp_path, cache_dir, config_change=change)

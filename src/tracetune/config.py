@@ -393,7 +393,7 @@ def required_tools(check: dict, field: str = "") -> list[tuple[str, str]]:
 
 def check_reference_tools(taskfile: TaskFile, server_tools: dict[str, list[str]]) -> None:
     """A task's tools allowlist and its reference steps name tools its servers really offer, and
-    the steps keep to the allowlist. (Servers no reference plan uses are not listed: unchecked.)"""
+    the steps keep to the allowlist. (Servers of tasks with neither are not listed: unchecked.)"""
     for task_id, task in taskfile.tasks.items():
         offered = {t for s in task["servers"] for t in server_tools.get(s, [])}
         if not all(s in server_tools for s in task["servers"]):

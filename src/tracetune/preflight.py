@@ -17,30 +17,32 @@ from tracetune.toolsets import ToolRendering, check_task_options
 
 def check_inputs(config: dict, cache_dir: str | Path, where: str = "config.yaml") -> TaskFile:
     """Validate `config` in place (defaults filled in) and the task file it names; return the tasks."""
+    # The cheap checks first: reading files. Then what starts servers, then what imports torch.
     load_config(config, where)
     taskfile = load_tasks(config["tasks"])
-    server_tools = cached_server_tools(taskfile, cache_dir)
-    check_reference_tools(taskfile, server_tools)
-    check_task_options(ToolRendering.from_config(config["dataset"]), taskfile, server_tools, where)
     check_base_model(config["base_model"])
-    names = cached_module_names(config["base_model"], cache_dir)
-    if names is not None:
-        check_target_modules(config["train"]["target_modules"], names, config["base_model"])
     models = config["evaluate"]["models"]
     if models:
         eval_task_ids(taskfile)
         if config["report"]["baseline"] not in models:
             raise InputError(f"{where}: report.baseline: {config['report']['baseline']!r} is not one of "
                              f"evaluate.models ({', '.join(models)})")
+    server_tools = cached_server_tools(taskfile, cache_dir)
+    check_reference_tools(taskfile, server_tools)
+    check_task_options(ToolRendering.from_config(config["dataset"]), taskfile, server_tools, where)
+    names = cached_module_names(config["base_model"], cache_dir)
+    if names is not None:
+        check_target_modules(config["train"]["target_modules"], names, config["base_model"])
     return taskfile
 
 
 def cached_server_tools(taskfile: TaskFile, cache_dir: str | Path) -> dict[str, list[str]]:
-    """Tool names of the servers that reference plans use, listed from the live servers once and
-    cached by server spec (the demo servers' code is hashed in too, so editing them re-lists)."""
+    """Tool names of the servers that a task names tools of (a reference plan, a tools allowlist),
+    listed from the live servers once and cached by server spec (the demo servers' code is hashed
+    in too, so editing them re-lists)."""
     from tracetune.mcp_client import list_server_tools  # here: the MCP SDK loads only on a cache miss
 
-    used = sorted({s for t in taskfile.tasks.values() if t.get("reference") for s in t["servers"]})
+    used = sorted({s for t in taskfile.tasks.values() if t.get("reference") or t.get("tools") for s in t["servers"]})
     servers = {name: taskfile.servers[name] for name in used}
     if not servers:
         return {}
