@@ -10,9 +10,9 @@ from tracetune.curate import (
     edit_paths,
     read_trace_ids,
     unrecovered_tool_errors,
-    validate_trace,
     write_curation_report,
 )
+from tracetune.trace import validate_trace
 from tracetune.jsonio import InputError
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -11,7 +11,8 @@ import yaml
 from fakes import FakeEndpoint
 
 from tracetune.config import load_tasks, task_hash
-from tracetune.curate import curate_task, validate_trace
+from tracetune.curate import curate_task
+from tracetune.trace import validate_trace
 
 TASKS = """\
 # Tasks for recording by hand: the demo shop.

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tracetune.config import load_tasks
-from tracetune.curate import validate_trace
+from tracetune.trace import validate_trace
 from tracetune.jsonio import InputError
 from tracetune.rl import reward, rl_tasks, rollout_trace, tool_method
 

@@ -481,6 +481,7 @@ def test_a_comment_or_docstring_reruns_nothing(finished, module):
     ("mcp_client.py", ALL_TASKS | AFTER_CURATE | EVALUATE),
     ("agent.py", ALL_TASKS | AFTER_CURATE | EVALUATE),
     ("collect.py", ALL_TASKS | AFTER_CURATE | EVALUATE),
+    ("trace.py", ALL_TASKS | AFTER_CURATE | EVALUATE),  # every stage that makes or reads a trace
     ("config.py", ALL_TASKS | AFTER_CURATE | EVALUATE),
     ("toolsets.py", AFTER_DATASET),
     ("preflight.py", set()),  # checks before the run: no job's output depends on it

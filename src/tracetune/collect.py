@@ -4,45 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
-import urllib.parse
 from collections.abc import Iterable
 
 from tracetune.agent import Endpoint, Settings, replay_reference, request_timeout, run_agent
-from tracetune.config import TaskFile, task_hash
+from tracetune.config import TaskFile
 from tracetune.jsonio import write_jsonl
 from tracetune.mcp_client import ToolBox
+from tracetune.trace import trace_header, trace_id
 
 log = logging.getLogger(__name__)
-
-
-def public_url(url: str) -> str:
-    """The endpoint as recorded in traces: no credentials, no query string."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def trace_id(task_id: str, sample: int | None) -> str:
-    # Stable across reruns, so hand edits and rejects keyed by trace id keep applying.
-    return f"{task_id}--ref" if sample is None else f"{task_id}--s{sample}"
-
-
-def trace_header(task: dict, taskfile: TaskFile, settings: Settings, endpoint: Endpoint | None, *,
-                 trace_id: str, sample: int, source: str) -> dict:
-    """What a trace records before its run (a model's traces name the model and its endpoint);
-    `task_toolbox` adds the tools."""
-    return {
-        "trace_id": trace_id, "task_id": task["id"], "sample": sample, "source": source,
-        "model": endpoint.model if endpoint else None,
-        "endpoint": public_url(endpoint.base_url) if endpoint else None,
-        "spec_hash": task_hash(task, taskfile.servers, taskfile.system_prompt),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "truncate": settings.truncate,  # the cut of tool results (longest_tool_result: before it)
-        "tools": [],
-    }
 
 
 @contextlib.asynccontextmanager
@@ -62,9 +33,11 @@ async def run_one(task: dict, taskfile: TaskFile, endpoint: Endpoint | None, set
                   sample: int | None, client=None, reverse_tools: bool = False) -> dict:
     """One trace: the reference plan when sample is None, else one model sample, offered the
     tools in reverse order with `reverse_tools` (evaluation's robustness check). Never raises."""
-    header = trace_header(task, taskfile, settings, None if sample is None else endpoint,
-                          trace_id=trace_id(task["id"], sample), sample=sample or 0,
-                          source="reference" if sample is None else "model")
+    asked = None if sample is None else endpoint  # a reference plan asks no model
+    header = trace_header(task, taskfile, settings.truncate, asked.model if asked else None,
+                          asked.base_url if asked else None,
+                          trace_id=trace_id(task["id"], "ref" if sample is None else f"s{sample}"),
+                          sample=sample or 0, source="reference" if sample is None else "model")
     try:
         async with task_toolbox(task, taskfile, settings, header, reverse_tools) as toolbox:
             tools = header["tools"]

@@ -20,13 +20,12 @@ import json
 import re
 import unicodedata
 from collections import Counter
-from functools import cache
 from pathlib import Path
 
 from tracetune.checks import verdict
-from tracetune.config import load_schema, validate
 from tracetune.jsonio import InputError, read_json, read_jsonl, write_json, write_jsonl
 from tracetune.parsing import call_arguments, tool_call_problem, tool_schemas
+from tracetune.trace import task_of_trace_id, validate_trace
 
 # Reasons a trace is dropped, in the order they are tested (a trace counts under its first reason).
 REASONS = ("rejected", "not_answered", "check_failed", "invalid_tool_call", "unrecovered_tool_error", "duplicate")
@@ -35,27 +34,7 @@ REASONS = ("rejected", "not_answered", "check_failed", "invalid_tool_call", "unr
 OVERRIDABLE = {"not_answered", "check_failed", "unrecovered_tool_error", "duplicate"}
 
 
-@cache
-def _trace_schema() -> dict:
-    return load_schema("trace.schema.yaml")
-
-
-def validate_trace(trace: dict, where: str) -> None:
-    """Schema check of one trace; `where` names the file and line."""
-    validate(trace, _trace_schema(), where)
-    where = f"{where}: trace {trace['trace_id']!r}"
-    for i, message in enumerate(trace["messages"]):
-        for j, call in enumerate(message.get("tool_calls") or []):
-            if not isinstance(call["function"]["arguments"], str):
-                raise InputError(f"{where}: messages[{i}].tool_calls[{j}].function.arguments: must be a JSON string")
-
-
 # --- hand edits and hand verdicts ---------------------------------------------------------------
-
-def task_of_trace_id(trace_id: str) -> str:
-    """Trace ids are `{task}--{suffix}`: the task is everything before the last `--`."""
-    return trace_id.rsplit("--", 1)[0]
-
 
 def edit_paths(edits_dir: str | Path, task_id: str) -> list[str]:
     """The edit files that belong to one task (what the curate rule lists as its inputs)."""

@@ -18,7 +18,7 @@ import json
 import re
 from pathlib import Path
 
-from tracetune.curate import validate_trace
+from tracetune.trace import trace_id, validate_trace
 from tracetune.jsonio import InputError, read_json, read_jsonl, write_jsonl
 
 THINK = re.compile(r"^\s*<think>(.*?)</think>\s*", re.DOTALL)
@@ -130,7 +130,7 @@ def to_trace(record: dict, where: str, task_id: str, n: int, model: str | None =
     last = messages[-1]
     answered = last["role"] == "assistant" and not last.get("tool_calls") and bool((last.get("content") or "").strip())
     trace = {
-        "trace_id": f"{task_id}--imp{n}", "task_id": task_id, "sample": n, "source": "imported",
+        "trace_id": trace_id(task_id, f"imp{n}"), "task_id": task_id, "sample": n, "source": "imported",
         "model": model or record.get("model"), "endpoint": None, "spec_hash": None, "created": None,
         "tools": tools, "messages": messages,
         "outcome": {"status": "answered" if answered else "max_turns", "error": None,

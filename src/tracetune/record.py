@@ -26,15 +26,14 @@ from pathlib import Path
 import yaml
 
 from tracetune.agent import Endpoint, Settings, request_timeout, resolve_endpoint, run_agent
-from tracetune.collect import public_url, task_toolbox, trace_header
+from tracetune.collect import task_toolbox
 from tracetune.config import TaskFile, load_tasks, section_settings
-from tracetune.curate import validate_trace
 from tracetune.jsonio import InputError, read_jsonl, write_jsonl, write_text
 from tracetune.parsing import tool_call_problem, tool_schemas
 from tracetune.report import pretty_arguments
+from tracetune.trace import TASK_ID, public_url, trace_header, trace_id, validate_trace
 
 SHOWN_RESULT_CHARS = 800  # a long page would push the call being judged off the screen
-TASK_ID = re.compile(r"[a-z0-9._-]+")  # as tasks.schema.yaml and trace.schema.yaml spell it (fullmatch)
 CHECK_PROMPT = 'check (one line of YAML, e.g. {contains: "42"}; empty for none): '
 
 
@@ -331,8 +330,8 @@ def model_endpoint(recording: Recording):
 async def run_session(recording: Recording, endpoint: Endpoint, settings: Settings) -> dict:
     """One conversation through the person at the terminal, as an unnumbered trace."""
     task, taskfile = recording.task, recording.taskfile
-    header = trace_header(task, taskfile, settings, endpoint, trace_id=f"{task['id']}--rec", sample=0,
-                          source="recorded")
+    header = trace_header(task, taskfile, settings.truncate, endpoint.model, endpoint.base_url,
+                          trace_id=trace_id(task["id"], "rec"), sample=0, source="recorded")
     async with endpoint.client() as client, contextlib.AsyncExitStack() as stack:
         client = client.with_options(timeout=await request_timeout(client, endpoint, settings))
         try:
@@ -361,8 +360,8 @@ def save(trace: dict, out_path: Path, task_path: str | None = None, task_text: s
     atomically), and write the task file's new text when given."""
     traces = existing_traces(out_path)
     taken = {t.get("trace_id") for t in traces}
-    n = next(n for n in itertools.count() if f"{trace['task_id']}--rec{n}" not in taken)
-    trace = trace | {"trace_id": f"{trace['task_id']}--rec{n}", "sample": n}
+    n = next(n for n in itertools.count() if trace_id(trace["task_id"], f"rec{n}") not in taken)
+    trace = trace | {"trace_id": trace_id(trace["task_id"], f"rec{n}"), "sample": n}
     validate_trace(trace, str(out_path))
     with uninterruptible():
         write_jsonl(out_path, [*traces, trace])

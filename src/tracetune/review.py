@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import re
 import secrets
 import subprocess
 import sys
@@ -33,17 +32,15 @@ from tracetune.curate import (
     judge_task,
     read_task_traces,
     read_trace_ids,
-    task_of_trace_id,
-    validate_trace,
 )
 from tracetune.jsonio import InputError, write_json, write_text
 from tracetune.report import environment, transcript
+from tracetune.trace import is_trace_id, task_of_trace_id, validate_trace
 
 log = logging.getLogger(__name__)
 
 TRACE_KINDS = ("raw", "imported", "recorded")  # data/traces/{kind}/{task}.jsonl, as curate reads them
 VERDICT_FILES = {"reject": "reject.txt", "keep": "keep.txt"}
-TRACE_ID = re.compile(r"[A-Za-z0-9._-]+")  # the trace schema's pattern, always fullmatch()ed
 MAX_BODY = 1 << 20  # bytes of a form: an edited trace text is far smaller
 REQUEST_TIMEOUT_S = 10  # a connection that sends nothing is dropped, not waited on
 
@@ -116,7 +113,7 @@ class Project:
 
     def row(self, trace_id: str) -> Row:
         """The listed trace with this id; anything else (a path, an unknown id) is an InputError."""
-        if not TRACE_ID.fullmatch(trace_id) or task_of_trace_id(trace_id) not in self.taskfile.tasks:
+        if not is_trace_id(trace_id) or task_of_trace_id(trace_id) not in self.taskfile.tasks:
             raise InputError(f"trace_id: {trace_id[:80]!r} is not a trace of this project")
         state = self.task_state(task_of_trace_id(trace_id))
         if state.error:
@@ -149,7 +146,7 @@ class Project:
 
     def edit_path(self, trace_id: str) -> Path:
         path = (self.edits / f"{trace_id}.json").resolve()
-        if path.parent != self.edits.resolve():  # TRACE_ID already forbids separators; belt and braces
+        if path.parent != self.edits.resolve():  # is_trace_id already forbids separators; belt and braces
             raise InputError(f"trace_id: {trace_id!r} would leave {self.edits}")
         return path
 

@@ -27,9 +27,10 @@ from pathlib import Path
 
 from tracetune.checks import verdict
 from tracetune.config import TaskFile, section_settings, split_settings
-from tracetune.curate import invalid_tool_call, unrecovered_tool_errors, validate_trace
+from tracetune.curate import invalid_tool_call, unrecovered_tool_errors
 from tracetune.jsonio import InputError, atomic_dir, write_json, write_jsonl
 from tracetune.parsing import tool_call_problem, tool_schemas
+from tracetune.trace import trace_header, validate_trace
 
 log = logging.getLogger(__name__)
 
@@ -246,8 +247,6 @@ def rollout_trace(prompt: list[dict], completion: list[dict], results: list[dict
     """A rollout in the raw-trace format, with collection's header: TRL's messages (calls with
     dict arguments, tool messages without ids) given the ids and JSON arguments collected traces have."""
     # Here, not at the top: the workflow imports this module to plan, and collection loads the MCP SDK.
-    from tracetune.agent import Settings
-    from tracetune.collect import trace_header
 
     messages, errors, call_ids, n = [dict(m) for m in prompt], [], [], 0
     unmatched = list(results)  # the environment's record of each call it ran, in order
@@ -277,7 +276,7 @@ def rollout_trace(prompt: list[dict], completion: list[dict], results: list[dict
         messages.append(message)
     last = messages[-1]
     answered = last.get("role") == "assistant" and not last.get("tool_calls")
-    header = trace_header(task, taskfile, Settings(truncate=truncate), None, trace_id=trace_id, sample=0, source="rl")
+    header = trace_header(task, taskfile, truncate, None, None, trace_id=trace_id, sample=0, source="rl")
     return header | {
         "model": model, "tools": tools, "server_tools": tools, "messages": messages, "tool_errors": errors,
         "invalid_calls": [], "outcome": {"status": "answered" if answered else "max_turns", "error": None,
