@@ -63,6 +63,7 @@ CONVERSATION = [
 ENGINES = pytest.mark.parametrize("server", ["shared_gguf", "shared"])  # llama.cpp, transformers serve
 
 
+@pytest.mark.slow  # serves the embedded model
 @ENGINES
 def test_chat_completion_through_openai(server, request):
     served, _ = request.getfixturevalue(server)
@@ -73,6 +74,7 @@ def test_chat_completion_through_openai(server, request):
     assert reply.choices[0].message.content
 
 
+@pytest.mark.slow  # serves the embedded model
 @ENGINES
 def test_stored_trace_is_replayed_unchanged(server, request):
     """All but the last assistant turn of a raw trace, as stored, is a valid request."""
@@ -85,6 +87,7 @@ def test_stored_trace_is_replayed_unchanged(server, request):
     assert response.parse().choices[0].message.role == "assistant"
 
 
+@pytest.mark.slow  # serves the embedded model
 def test_llama_cpp_renders_the_prompt_training_rendered(shared_gguf, bundled_model):
     """llama.cpp renders the chat template with its own Jinja engine: for a conversation with
     reasoning, tool calls and tool results it must build, byte for byte, the prompt that the
@@ -105,6 +108,7 @@ def test_llama_cpp_renders_the_prompt_training_rendered(shared_gguf, bundled_mod
                                                           add_generation_prompt=True)
 
 
+@pytest.mark.slow  # serves the embedded model
 def test_cpu_server_keeps_a_bounded_kv_cache(shared, base_dir):  # `shared` starts the server
     """Continuous batching sizes its KV cache to 60 % of the RAM on CPU unless told: two evaluate jobs
     serving at once then get OOM-killed."""
@@ -112,6 +116,7 @@ def test_cpu_server_keeps_a_bounded_kv_cache(shared, base_dir):  # `shared` star
     assert server.memory_info().rss < 4 * 2**30
 
 
+@pytest.mark.slow  # serves the embedded model
 def test_cpu_server_takes_half_the_cores(shared, base_dir):
     """Two CPU servers side by side (evaluate's base and tuned model) must not outnumber the
     cores with OpenMP threads, or each slows down some 70 times (bench/serve_side_by_side.py)."""
@@ -129,6 +134,7 @@ def test_cpu_server_threads_follow_the_cores_unless_told(monkeypatch):
     assert cpu_server_threads() == 3
 
 
+@pytest.mark.slow  # serves the embedded model
 def test_shared_server_is_started_once(shared, base_dir):
     served, state_dir = shared
     again = shared_endpoint(base_dir, state_dir=state_dir)
@@ -136,6 +142,7 @@ def test_shared_server_is_started_once(shared, base_dir):
     assert len([p for p in servers_of(base_dir) if "tracetune.serve" in p.info["cmdline"]]) == 1
 
 
+@pytest.mark.slow  # serves the embedded model
 def test_supervisor_stops_when_its_owner_ends(bundled_gguf_model, tmp_path):
     """A run killed outright (no onerror handler) still takes its server with it."""
     owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
@@ -156,6 +163,7 @@ def test_supervisor_stops_when_its_owner_ends(bundled_gguf_model, tmp_path):
     assert not list((tmp_path / "state").glob("*/*.json"))  # its state is cleared too
 
 
+@pytest.mark.slow  # serves the embedded model
 def test_served_model_stops_on_error(bundled_gguf_model, tmp_path):
     model = tmp_path / "model.gguf"
     model.symlink_to(bundled_gguf_model)
@@ -176,6 +184,7 @@ def test_not_a_model_directory(tmp_path):
         shared_endpoint(tmp_path / "missing.gguf", state_dir=tmp_path)
 
 
+@pytest.mark.slow  # serves the embedded model
 def test_a_template_without_tool_calls_is_refused_before_any_request(bundled_model, tmp_path):
     """A model whose template cannot make tool calls is one line when its server starts."""
     import shutil
