@@ -1,6 +1,6 @@
 # Two entry points for a fresh machine: `make demo` (the whole pipeline on the embedded
 # default model) and `make test` (the test suite). Both install what they need first.
-# For contributors: `make check` (lint, the fast tests and one small end-to-end run, about 5 min)
+# For contributors: `make check` (lint, the fast tests and one small end-to-end run, about 6 min)
 # and `make smoke` (the whole chain and the rl stage on six tasks, configs/smoke.yaml).
 VENV   ?= .venv
 PY     := $(VENV)/bin/python

@@ -130,7 +130,7 @@ def test_percentile_matches_numpy_linear():
 
 
 def test_dead_server_is_a_failed_run_not_a_zero_score():
-    from tracetune.collect import check_error_budget
+    from tracetune.trace import check_error_budget
 
     with pytest.raises(RuntimeError, match=r"evaluation failed: 1/4 traces ended in an error \(more than x=0.2\)"):
         check_error_budget(traces("base"), 0.2, "evaluation", "x")

@@ -11,7 +11,7 @@ from tracetune.agent import Endpoint, Settings, replay_reference, request_timeou
 from tracetune.config import TaskFile
 from tracetune.jsonio import write_jsonl
 from tracetune.mcp_client import ToolBox
-from tracetune.trace import trace_header, trace_id
+from tracetune.trace import check_error_budget, trace_header, trace_id
 
 log = logging.getLogger(__name__)
 
@@ -104,16 +104,6 @@ async def acollect(taskfile: TaskFile, task_ids: Iterable[str], endpoint: Endpoi
 
 def collect_task(taskfile: TaskFile, task_id: str, endpoint: Endpoint | None, settings: Settings, **kwargs) -> list[dict]:
     return asyncio.run(acollect(taskfile, [task_id], endpoint, settings, **kwargs))[task_id]
-
-
-def check_error_budget(traces: list[dict], max_error_rate: float, job: str, setting: str) -> None:
-    """A dead server or endpoint turns every trace into an error: that is a failed job (nothing
-    written, rerun when it is up), not a task with no good trace or a 0 % model."""
-    errors = [t for t in traces if (t.get("outcome") or {}).get("status") == "error"]
-    if traces and len(errors) / len(traces) > max_error_rate:
-        first = (errors[0].get("outcome") or {}).get("error")
-        raise RuntimeError(f"{job} failed: {len(errors)}/{len(traces)} traces ended in an error "
-                           f"(more than {setting}={max_error_rate}); first: {first}")
 
 
 def collect_to_file(taskfile: TaskFile, task_id: str, out_path: str, endpoint: Endpoint | None,

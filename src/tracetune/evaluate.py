@@ -15,6 +15,7 @@ from collections import Counter
 from tracetune.checks import verdict
 from tracetune.jsonio import InputError, write_json, write_jsonl
 from tracetune.parsing import tool_call_problem, tool_schemas
+from tracetune.trace import check_error_budget
 
 log = logging.getLogger(__name__)
 
@@ -246,8 +247,6 @@ def evaluate_to_files(taskfile, endpoint, settings, *, samples: int, max_error_r
     them when curation drops the collection's guiding system prompt."""
     if not system_prompt:
         taskfile = dataclasses.replace(taskfile, system_prompt=None)
-    from tracetune.collect import check_error_budget
-
     traces, reordered = run_eval_tasks(taskfile, endpoint, settings, samples, reorder)
     check_error_budget(traces + reordered, max_error_rate, "evaluation", "evaluate.max_error_rate")
     summary = {"model": model, "served_model": endpoint.model, "samples": samples} | score_traces(traces, taskfile.tasks)

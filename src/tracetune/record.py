@@ -31,7 +31,7 @@ from tracetune.config import TaskFile, load_tasks, section_settings
 from tracetune.jsonio import InputError, read_jsonl, write_jsonl, write_text
 from tracetune.parsing import tool_call_problem, tool_schemas
 from tracetune.report import pretty_arguments
-from tracetune.trace import TASK_ID, public_url, trace_header, trace_id, validate_trace
+from tracetune.trace import is_task_id, public_url, trace_header, trace_id, validate_trace
 
 SHOWN_RESULT_CHARS = 800  # a long page would push the call being judged off the screen
 CHECK_PROMPT = 'check (one line of YAML, e.g. {contains: "42"}; empty for none): '
@@ -85,7 +85,7 @@ def new_task(taskfile: TaskFile, prompts: list[str], servers: str | None, tools:
              task_id: str | None) -> dict:
     """A task from the flags, shaped as load_tasks would return it once saved (a training task)."""
     task_id = task_id or slug(prompts[0])
-    if not TASK_ID.fullmatch(task_id) or set(task_id) == {"."}:
+    if not is_task_id(task_id):
         raise InputError(f"--task-id {task_id!r}: use lowercase letters, digits, '.', '_' and '-'")
     if task_id in taskfile.tasks:
         raise InputError(f"{taskfile.path}: task {task_id!r} exists already (record it with `tracetune record "

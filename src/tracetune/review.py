@@ -233,7 +233,7 @@ def set_arguments(trace: dict, index: int, call: int, arguments: str) -> dict:
     original = calls[call]["function"]["arguments"]
     arguments = as_typed(arguments, original)
     try:
-        if arguments is not original:
+        if arguments != original:  # typed anew: stored compact, as on the wire
             arguments = json.dumps(json.loads(arguments), ensure_ascii=False)
     except json.JSONDecodeError:
         pass

@@ -246,8 +246,6 @@ def rollout_trace(prompt: list[dict], completion: list[dict], results: list[dict
                   taskfile: TaskFile, tools: list[dict], *, trace_id: str, model: str, truncate: int) -> dict:
     """A rollout in the raw-trace format, with collection's header: TRL's messages (calls with
     dict arguments, tool messages without ids) given the ids and JSON arguments collected traces have."""
-    # Here, not at the top: the workflow imports this module to plan, and collection loads the MCP SDK.
-
     messages, errors, call_ids, n = [dict(m) for m in prompt], [], [], 0
     unmatched = list(results)  # the environment's record of each call it ran, in order
     for message in completion:

@@ -2,7 +2,7 @@
 (collected, imported, recorded by hand, rolled out by RL, edited in review). Its schema is
 schemas/trace.schema.yaml; its ids are `{task}--{suffix}`. The one home of what a trace is:
 stages build headers with `trace_header`, name traces with `trace_id`, and check them with
-`validate_trace`.
+`validate_trace`, and judge a job's traces against its error budget with `check_error_budget`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,11 @@ TASK_ID = re.compile(r"[a-z0-9._-]+")
 
 def is_trace_id(text: str) -> bool:
     return TRACE_ID.fullmatch(text) is not None and set(text) != {"."}
+
+
+def is_task_id(text: str) -> bool:
+    """As tasks.schema.yaml has it: the pattern, and not only dots."""
+    return TASK_ID.fullmatch(text) is not None and set(text) != {"."}
 
 
 def trace_id(task_id: str, suffix: str) -> str:
@@ -72,3 +77,13 @@ def validate_trace(trace: dict, where: str) -> None:
         for j, call in enumerate(message.get("tool_calls") or []):
             if not isinstance(call["function"]["arguments"], str):
                 raise InputError(f"{where}: messages[{i}].tool_calls[{j}].function.arguments: must be a JSON string")
+
+
+def check_error_budget(traces: list[dict], max_error_rate: float, job: str, setting: str) -> None:
+    """A dead server or endpoint turns every trace into an error: that is a failed job (nothing
+    written, rerun when it is up), not a task with no good trace or a 0 % model."""
+    errors = [t for t in traces if (t.get("outcome") or {}).get("status") == "error"]
+    if traces and len(errors) / len(traces) > max_error_rate:
+        first = (errors[0].get("outcome") or {}).get("error")
+        raise RuntimeError(f"{job} failed: {len(errors)}/{len(traces)} traces ended in an error "
+                           f"(more than {setting}={max_error_rate}); first: {first}")
