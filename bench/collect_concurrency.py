@@ -25,7 +25,7 @@ from tracetune.agent import Endpoint, Recorder, Settings  # noqa: E402
 from tracetune.collect import acollect  # noqa: E402
 from tracetune.config import TaskFile  # noqa: E402
 from tracetune.mcp_client import ToolBox  # noqa: E402
-from tracetune.serve import free_port  # noqa: E402
+from tracetune.runtime.serving import free_port  # noqa: E402
 
 
 def start_shop() -> tuple[subprocess.Popen, str]:

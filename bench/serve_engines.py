@@ -26,7 +26,8 @@ from openai import AsyncOpenAI
 from tracetune.config import load_tasks
 from tracetune.mcp_client import ToolBox
 from tracetune.parsing import normalize_assistant
-from tracetune.serve import export_gguf, served_model
+from tracetune.gguf import export_gguf
+from tracetune.runtime.serving import served_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from openai import AsyncOpenAI
 
-from tracetune.serve import cpu_server_threads, served_model
+from tracetune.runtime.serving import cpu_server_threads, served_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,12 +3,13 @@ import os
 import sys
 from pathlib import Path
 
-from tracetune.config import endpoint_path, kept_truncate, result_settings, section_settings, task_hash
+from tracetune.config import section_settings, task_hash
 from tracetune.curate import edit_paths, read_trace_ids
 from tracetune.fingerprint import code_fingerprint
 from tracetune.jsonio import InputError
 from tracetune.preflight import check_inputs
 from tracetune.rl import rl_tasks
+from tracetune.runtime.settings import endpoint_path, kept_truncate, result_settings
 
 # Preflight's cache of listed server tools and model module names; keyed by what they are read
 # from, so several workflow copies can share one (TRACETUNE_PREFLIGHT_CACHE, as the tests do).
@@ -83,7 +84,7 @@ def endpoint_settings(model, asks=True):
     return result_settings(config, *path) if asks and path else {}
 
 
-# Params carry result settings only (tracetune.config.result_settings; the schemas mark the rest),
+# Params carry result settings only (tracetune.runtime.settings.result_settings; the schemas mark the rest),
 # and of those only what can change the job's output: changing a setting reruns the jobs it affects.
 
 

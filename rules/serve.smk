@@ -2,12 +2,12 @@
 # (data/gguf/{model}.gguf); and the run's own model servers.
 #
 # A job that talks to a model the workflow serves itself declares `model_server(model)`
-# (common.smk) as its `served` input and calls tracetune.serve.shared_endpoint(that path): the first such
+# (common.smk) as its `served` input and calls tracetune.runtime.serving.shared_endpoint(that path): the first such
 # job of the run starts the server (llama.cpp for a GGUF, `transformers serve` for a directory)
 # on a free loopback port, every other job reuses it, and the handlers below stop every server
 # when the run ends, also on failure or Ctrl-C. (Snakemake's service() outputs are not used:
 # their consumers all rerun whenever one of them has to.)
-from tracetune.serve import claim_shared_servers, stop_shared_servers
+from tracetune.runtime.serving import claim_shared_servers, stop_shared_servers
 
 claim_shared_servers()
 

@@ -60,7 +60,7 @@ def bundled_model(request, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def bundled_gguf_model(bundled_model) -> Path:
     """The prepared embedded model converted for llama.cpp (bf16 GGUF), next to its directory."""
-    from tracetune.serve import export_gguf
+    from tracetune.gguf import export_gguf
 
     out = bundled_model.with_name(bundled_model.name + ".gguf")
     if not out.is_file():

@@ -13,7 +13,7 @@ from tracetune.checks import verdict
 from tracetune.collect import acollect
 from tracetune.config import load_tasks
 from tracetune.mcp_client import ToolBox
-from tracetune.serve import free_port
+from tracetune.runtime.serving import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "browser"

@@ -5,7 +5,7 @@ from test_evaluate import write_tasks
 
 from tracetune.agent import Endpoint, Settings
 from tracetune.collect import collect_to_file
-from tracetune.serve import free_port
+from tracetune.runtime.serving import free_port
 
 
 def test_a_collect_job_over_its_error_budget_fails_and_writes_nothing(tmp_path):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tracetune.config import (check_reference_tools, kept_truncate, load_config, load_tasks, result_settings,
-                              setting_kinds, untracked_settings)
+from tracetune.config import check_reference_tools, load_config, load_tasks
+from tracetune.runtime.settings import kept_truncate, result_settings, setting_kinds, untracked_settings
 from tracetune.jsonio import InputError
 
 GOOD = {

@@ -17,7 +17,7 @@ from tracetune.evaluate import (evaluate_to_files, percentile, score_traces,
 from tracetune.heldout import heldout_loss
 from tracetune.jsonio import InputError, read_jsonl
 from tracetune.parsing import normalize_assistant
-from tracetune.serve import free_port
+from tracetune.runtime.serving import free_port
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 
@@ -349,7 +349,7 @@ def without_run_details(path) -> list[dict]:
 def test_evaluating_twice_gives_identical_transcripts(tmp_path, bundled_gguf_model):
     """The same model and settings, two fresh llama.cpp servers, 6 tasks at once (the agent's
     concurrency, so requests share batches): identical verdicts and transcripts at temperature 0."""
-    from tracetune.serve import served_model
+    from tracetune.runtime.serving import served_model
 
     tasks = "\n".join(f"  - {{id: t{i}, prompt: {json.dumps(p)}, servers: [shop], split: eval, "
                       f"check: {{tool_called: search_products}}}}" for i, p in enumerate(PROMPTS))

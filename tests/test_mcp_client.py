@@ -12,7 +12,7 @@ import mcp_types as types
 import pytest
 
 from tracetune.mcp_client import ToolBox, assign_names, convert_result, convert_schema, list_server_tools
-from tracetune.serve import free_port
+from tracetune.runtime.serving import free_port
 
 # A small FastMCP server with the misbehaviours under test; written to a file per test session.
 FIXTURE_SERVER = '''
@@ -261,7 +261,7 @@ def test_streamable_http_transport():
 
 
 def test_stdio_command_and_environment(monkeypatch):
-    from tracetune.mcp_client import _expand, stdio_parameters
+    from tracetune.runtime.mcp_connection import _expand, stdio_parameters
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
     monkeypatch.setenv("SOME_TOKEN", "t0k")

@@ -15,7 +15,8 @@ from train_fixtures import make_trace, render_rows  # noqa: E402
 from tracetune.jsonio import InputError  # noqa: E402
 from tracetune.merge import merge  # noqa: E402
 from tracetune.train import train  # noqa: E402
-from tracetune.serve import export_gguf, served_model  # noqa: E402
+from tracetune.gguf import export_gguf  # noqa: E402
+from tracetune.runtime.serving import served_model  # noqa: E402
 
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from test_models import TOOLS
 from tracetune.jsonio import InputError
-from tracetune.serve import OWNER_ENV, cpu_server_threads, served_model, shared_endpoint, stop_shared_servers
+from tracetune.runtime.serving import OWNER_ENV, cpu_server_threads, served_model, shared_endpoint, stop_shared_servers
 
 
 def servers_of(model_path) -> list[psutil.Process]:
@@ -112,7 +112,7 @@ def test_llama_cpp_renders_the_prompt_training_rendered(shared_gguf, bundled_mod
 def test_cpu_server_keeps_a_bounded_kv_cache(shared, base_dir):  # `shared` starts the server
     """Continuous batching sizes its KV cache to 60 % of the RAM on CPU unless told: two evaluate jobs
     serving at once then get OOM-killed."""
-    server = next(p for p in servers_of(base_dir) if "tracetune.serve" not in p.info["cmdline"])
+    server = next(p for p in servers_of(base_dir) if "tracetune.runtime.serving" not in p.info["cmdline"])
     assert server.memory_info().rss < 4 * 2**30
 
 
@@ -120,7 +120,7 @@ def test_cpu_server_keeps_a_bounded_kv_cache(shared, base_dir):  # `shared` star
 def test_cpu_server_takes_half_the_cores(shared, base_dir):
     """Two CPU servers side by side (evaluate's base and tuned model) must not outnumber the
     cores with OpenMP threads, or each slows down some 70 times (bench/serve_side_by_side.py)."""
-    server = next(p for p in servers_of(base_dir) if "tracetune.serve" not in p.info["cmdline"])
+    server = next(p for p in servers_of(base_dir) if "tracetune.runtime.serving" not in p.info["cmdline"])
     assert server.environ()["OMP_NUM_THREADS"] == str(cpu_server_threads())
 
 
@@ -139,7 +139,7 @@ def test_shared_server_is_started_once(shared, base_dir):
     served, state_dir = shared
     again = shared_endpoint(base_dir, state_dir=state_dir)
     assert again == served
-    assert len([p for p in servers_of(base_dir) if "tracetune.serve" in p.info["cmdline"]]) == 1
+    assert len([p for p in servers_of(base_dir) if "tracetune.runtime.serving" in p.info["cmdline"]]) == 1
 
 
 @pytest.mark.slow  # serves the embedded model
@@ -150,7 +150,7 @@ def test_supervisor_stops_when_its_owner_ends(bundled_gguf_model, tmp_path):
     # Link the model under another name so that this server is told apart from the shared one.
     model = tmp_path / "model.gguf"
     model.symlink_to(bundled_gguf_model)
-    code = ("import sys; from tracetune.serve import shared_endpoint; "
+    code = ("import sys; from tracetune.runtime.serving import shared_endpoint; "
             f"print(shared_endpoint({str(model)!r}, state_dir={str(tmp_path / 'state')!r}).base_url)")
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
     assert servers_of(model)
@@ -189,7 +189,7 @@ def test_a_template_without_tool_calls_is_refused_before_any_request(bundled_mod
     """A model whose template cannot make tool calls is one line when its server starts."""
     import shutil
 
-    from tracetune.serve import export_gguf
+    from tracetune.gguf import export_gguf
 
     model = tmp_path / "plain"
     shutil.copytree(bundled_model, model)

@@ -15,7 +15,7 @@ from tracetune.checks import run_check
 from tracetune.config import load_tasks
 from tracetune.mcp_client import ToolBox
 from tracetune.servers import site_fetch
-from tracetune.serve import free_port
+from tracetune.runtime.serving import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "data" / "site"

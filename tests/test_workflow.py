@@ -87,7 +87,7 @@ def served_processes() -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmd = " ".join(proc.info["cmdline"] or [])
-        if "transformers" in cmd and " serve" in cmd or "tracetune.serve" in cmd or "llama-server" in cmd:
+        if "transformers" in cmd and " serve" in cmd or "tracetune.runtime.serving" in cmd or "llama-server" in cmd:
             found.append(proc)
     return found
 
@@ -295,7 +295,7 @@ OPERATIONAL = {"endpoint.api_key_env": "SHOP_KEY", "endpoint.timeout_s": 300, "e
 
 
 def test_the_rerun_matrix_covers_every_operational_setting():
-    from tracetune.config import setting_kinds
+    from tracetune.runtime.settings import setting_kinds
 
     marked = {path for path, kind in setting_kinds().items() if kind == "operational"}
     assert set(OPERATIONAL) == {path for path in marked if "*" not in path}  # evaluate.endpoints.* share code
@@ -433,7 +433,7 @@ EVERY_RESULT_SETTING = {
 
 
 def test_the_matrix_covers_every_result_setting():
-    from tracetune.config import setting_kinds
+    from tracetune.runtime.settings import setting_kinds
 
     leaves = {path for path, kind in setting_kinds().items()
               if kind == "result" and "." in path and "*" not in path}
@@ -471,7 +471,7 @@ def planned_after_code_change(wf: Path, module: str, edit, plan=planned_jobs) ->
         path.write_text(original)
 
 
-@pytest.mark.parametrize("module", ["checks.py", "parsing.py", "rows.py", "report.py", "train.py", "serve.py",
+@pytest.mark.parametrize("module", ["checks.py", "parsing.py", "rows.py", "report.py", "train.py", "gguf.py",
                                     "dataset.py", "merge.py"])
 def test_a_comment_or_docstring_reruns_nothing(finished, module):
     assert planned_after_code_change(finished, module, lambda source: source + "\n# a note for readers\n") == set()
@@ -497,7 +497,13 @@ def test_a_comment_or_docstring_reruns_nothing(finished, module):
     ("dataset.py", AFTER_DATASET),
     ("train.py", TRAIN),
     ("merge.py", AFTER_MERGE | RL_AFTER_MERGE),
-    ("serve.py", ALL_TASKS | {"curation_report", "gguf:model=lora", "evaluate:model=base"} | AFTER_DATASET),
+    ("gguf.py", {"gguf:model=lora", "evaluate:model=lora", "gguf:model=lora-rl", "evaluate:model=lora-rl"} | REPORTS),
+    # tracetune.runtime: how jobs run (serving, MCP server processes, logs, which settings are
+    # params) is outside every fingerprint
+    ("runtime/serving.py", set()),
+    ("runtime/mcp_connection.py", set()),
+    ("runtime/logs.py", set()),
+    ("runtime/settings.py", set()),
     ("curate.py", CURATE_ALL),
     ("evaluate.py", EVALUATE),
     ("rl.py", RL_CHAIN),

@@ -1,4 +1,4 @@
-from tracetune.logs import log_to
+from tracetune.runtime.logs import log_to
 
 log_to(snakemake.log[0])
 

@@ -1,10 +1,11 @@
-from tracetune.logs import log_to
+from tracetune.runtime.logs import log_to
 
 log_to(snakemake.log[0])
 
 from tracetune.agent import Settings, resolve_endpoint
 from tracetune.collect import collect_to_file
-from tracetune.config import load_tasks, untracked_settings
+from tracetune.config import load_tasks
+from tracetune.runtime.settings import untracked_settings
 
 # Params hold the result settings; the operational ones (concurrency, timeouts) come from the config.
 params, config = snakemake.params, snakemake.config

@@ -1,10 +1,11 @@
-from tracetune.logs import log_to
+from tracetune.runtime.logs import log_to
 
 log_to(snakemake.log[0])
 
 from tracetune.agent import Settings, resolve_endpoint
-from tracetune.config import endpoint_path, load_tasks, untracked_settings
+from tracetune.config import load_tasks
 from tracetune.evaluate import evaluate_to_files
+from tracetune.runtime.settings import endpoint_path, untracked_settings
 
 # Params hold the result settings; the operational ones (timeouts, max_error_rate) come from the config.
 params, config, model = snakemake.params, snakemake.config, snakemake.wildcards.model

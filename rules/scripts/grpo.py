@@ -1,8 +1,9 @@
-from tracetune.logs import log_to
+from tracetune.runtime.logs import log_to
 
 log_to(snakemake.log[0])
 
-from tracetune.config import load_tasks, untracked_settings
+from tracetune.config import load_tasks
+from tracetune.runtime.settings import untracked_settings
 from tracetune.rl import run_rl
 
 # Params hold the result settings; checkpoint cadence and the like come from the config.

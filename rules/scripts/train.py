@@ -1,8 +1,8 @@
-from tracetune.logs import log_to
+from tracetune.runtime.logs import log_to
 
 log_to(snakemake.log[0])
 
-from tracetune.config import untracked_settings
+from tracetune.runtime.settings import untracked_settings
 from tracetune.train import train
 
 # Params hold the result settings; checkpoint cadence and the like come from the config.

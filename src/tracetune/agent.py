@@ -279,7 +279,7 @@ def resolve_endpoint(endpoint_config: dict, served_models=()) -> Endpoint | None
     served = [served_models] if isinstance(served_models, str) else list(served_models)
     if not served:
         return None
-    from tracetune.serve import shared_endpoint
+    from tracetune.runtime.serving import shared_endpoint
 
     served = shared_endpoint(served[0])
     return Endpoint(served.base_url, served.model, "", settings["timeout_s"], settings["max_retries"])

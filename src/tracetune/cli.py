@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from tracetune.jsonio import InputError
-from tracetune.logs import quiet_libraries
+from tracetune.runtime.logs import quiet_libraries
 
 
 def _collect(args) -> None:
@@ -41,7 +41,7 @@ def _review(args) -> None:
 def _record(args) -> None:
     from tracetune.agent import EndpointError, Settings
     from tracetune.config import load_tasks, read_config
-    from tracetune.mcp_client import ServerStartError
+    from tracetune.runtime.mcp_connection import ServerStartError
     from tracetune.record import NothingSaved, plan, record
 
     try:

@@ -6,6 +6,11 @@ package data files those modules name (templates, schemas). Modules are compared
 syntax tree without docstrings, so a comment, a docstring or a reformatting reruns nothing,
 while any change in behaviour reruns exactly the rules whose scripts reach the module. No list
 of files is kept by hand, so none can drift from the imports.
+
+Imports of `tracetune.runtime` are not followed: that subpackage holds how jobs run (serving a
+model, MCP server processes, logging, which settings become params), never what they make, so an
+edit there reruns nothing. What it decides about outputs reaches jobs as params, which Snakemake
+compares itself.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import hashlib
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
+RUNTIME = "runtime"  # the subpackage of operational code: outside every fingerprint
 DATA_DIRS = ("templates", "schemas")
 
 
@@ -32,11 +38,14 @@ def _parsed(path: Path, mtime_ns: int, size: int) -> ast.Module:
 
 
 def _module_path(dotted: str) -> Path | None:
-    """tracetune.a.b → src/tracetune/a/b.py (or its package's __init__.py); None outside tracetune."""
+    """tracetune.a.b → src/tracetune/a/b.py (or its package's __init__.py); None outside tracetune
+    and inside tracetune.runtime."""
     parts = dotted.split(".")
     if parts[0] != "tracetune":
         return None
     base = PACKAGE.joinpath(*parts[1:])
+    if base.is_relative_to(PACKAGE / RUNTIME):
+        return None
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
         if candidate.is_file():
             return candidate

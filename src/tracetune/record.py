@@ -120,7 +120,7 @@ def plan(taskfile: TaskFile, endpoint: dict, out_dir: str | Path, *, task_id: st
     task = existing_task(taskfile, task_id) if task_id else new_task(taskfile, prompts, servers, tools, new_id)
     endpoint = section_settings("endpoint", endpoint)
     if model_dir is not None:
-        from tracetune.serve import check_servable
+        from tracetune.runtime.serving import check_servable
 
         check_servable(model_dir)
     elif resolve_endpoint(endpoint) is None:
@@ -316,7 +316,8 @@ def model_endpoint(recording: Recording):
     if recording.model_dir is None:
         yield resolve_endpoint(settings)
         return
-    from tracetune.serve import is_gguf, served_model
+    from tracetune.gguf import is_gguf
+    from tracetune.runtime.serving import served_model
 
     device = "cpu"
     if not is_gguf(recording.model_dir):  # llama.cpp picks its own device; transformers serve is told

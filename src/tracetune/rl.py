@@ -26,10 +26,11 @@ import time
 from pathlib import Path
 
 from tracetune.checks import verdict
-from tracetune.config import TaskFile, section_settings, split_settings
+from tracetune.config import TaskFile, section_settings
 from tracetune.curate import invalid_tool_call, unrecovered_tool_errors
 from tracetune.jsonio import InputError, atomic_dir, write_json, write_jsonl
 from tracetune.parsing import tool_call_problem, tool_schemas
+from tracetune.runtime.settings import split_settings
 from tracetune.trace import trace_header, validate_trace
 
 log = logging.getLogger(__name__)

@@ -24,9 +24,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from tracetune.config import section_settings, split_settings
+from tracetune.config import section_settings
 from tracetune.jsonio import InputError, atomic_dir, write_json, write_jsonl
 from tracetune.models import check_model_dir, check_target_modules, module_names
+from tracetune.runtime.settings import split_settings
 from tracetune.rows import IGNORE, check_rows, prefix_owners, tokenize_for_loss
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Serve a model on loopback with llama.cpp or `transformers serve`, and make sure it stops.
 
 What is served decides the engine: a GGUF file (data/gguf/{model}.gguf, made from the model
-directory by `export_gguf`) runs under llama.cpp's `llama-server`; a model directory runs under
+directory by tracetune.gguf) runs under llama.cpp's `llama-server`; a model directory runs under
 `transformers serve`. On a CPU llama.cpp is the fast one: it reuses the prompt prefix (system
 turn and tool list) across the turns of a conversation, and generates in C++ rather than in a
 Python loop (bench/serve_engines.py).
@@ -12,9 +12,12 @@ Two ways in:
   exception or Ctrl-C.
 - `shared_endpoint(path)`: what workflow jobs call. The first job that needs a model starts
   one server for it (under a file lock); every later job of the run reuses it. The server runs
-  under a small supervisor (`python -m tracetune.serve`) that stops it when the Snakemake run
+  under a small supervisor (`python -m tracetune.runtime.serving`) that stops it when the Snakemake run
   that owns it ends (its pid is in $TRACETUNE_OWNER) and `stop_shared_servers()` (the workflow's
   onsuccess/onerror handlers) stops them all at the end of the run.
+
+Part of tracetune.runtime: how and how long a model is served never changes what it answers
+(sampling is set per request by the agent), so no job's fingerprint holds this module.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ import fcntl
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -36,7 +38,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracetune.jsonio import InputError, atomic_path, write_json
+from tracetune.gguf import is_gguf, llama_cpp_file
+from tracetune.jsonio import InputError, write_json
 from tracetune.models import check_model_dir
 
 log = logging.getLogger(__name__)
@@ -65,10 +68,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def is_gguf(path: str | os.PathLike) -> bool:
-    return str(path).endswith(".gguf")
-
-
 def check_servable(path: str | os.PathLike) -> None:
     """A GGUF file, or a model directory."""
     if is_gguf(path):
@@ -76,38 +75,6 @@ def check_servable(path: str | os.PathLike) -> None:
             raise InputError(f"{path}: no such GGUF file")
     else:
         check_model_dir(path)
-
-
-# --- llama.cpp: the server binary and the converter, installed by scripts/install-llama-cpp.sh ---
-
-def llama_cpp_file(relative: str) -> Path:
-    """A file of the llama.cpp install in this environment (bin/llama-server, share/llama.cpp/…)."""
-    path = Path(sys.prefix) / relative
-    if relative.startswith("bin/") and not path.exists() and shutil.which(path.name):
-        path = Path(shutil.which(path.name))
-    if not path.exists():
-        raise InputError(f"{path}: llama.cpp is not installed here (`make install` builds it; "
-                         "or set serve.engine: transformers)")
-    return path
-
-
-def export_gguf(model_dir: str | os.PathLike, out_path: str | os.PathLike, outtype: str = "bf16") -> Path:
-    """Convert a model directory (weights, tokenizer, chat template) to one GGUF file with
-    llama.cpp's own converter, atomically."""
-    check_model_dir(model_dir)
-    share = llama_cpp_file("share/llama.cpp")
-    with atomic_path(out_path) as tmp:
-        env = os.environ | {"PYTHONPATH": str(share / "gguf-py"),  # the gguf package the converter was written for
-                            "TQDM_DISABLE": "1"}
-        cmd = [sys.executable, str(share / "convert_hf_to_gguf.py"), str(model_dir), "--outfile", str(tmp),
-               "--outtype", outtype]
-        done = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-        log.info("convert_hf_to_gguf.py:\n%s", done.stdout)
-        if done.returncode != 0:
-            last = (done.stdout.strip().splitlines() or ["no output"])[-1]
-            raise RuntimeError(f"{model_dir}: GGUF conversion failed: {last}")
-    return Path(out_path)
 
 
 def server_command(path: str, port: int, host: str, device: str) -> tuple[list[str], dict | None]:
@@ -317,7 +284,7 @@ def shared_endpoint(model_path: str | os.PathLike, *, device: str = "detect",
 
 def _start_supervisor(model_path: str, state_file: Path, device: str, timeout_s: float) -> ServedModel:
     log_path = state_file.with_suffix(".log")
-    cmd = [sys.executable, "-m", "tracetune.serve", model_path, "--state", str(state_file),
+    cmd = [sys.executable, "-m", "tracetune.runtime.serving", model_path, "--state", str(state_file),
            "--device", device, "--timeout", str(timeout_s), "--watch-pid", str(owner_pid())]
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,

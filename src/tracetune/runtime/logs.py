@@ -1,4 +1,5 @@
-"""Logging for rule scripts: everything a job says goes to its Snakemake log file."""
+"""Logging for rule scripts: everything a job says goes to its Snakemake log file (tracetune.runtime:
+where a job's words go never changes what it makes)."""
 
 from __future__ import annotations
 
