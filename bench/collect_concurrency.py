@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from fakes import FakeEndpoint, tool_then_answer  # noqa: E402
 
-from tracetune.agent import Endpoint, Recorder, Settings  # noqa: E402
+from tracetune.agent import Recorder, Settings  # noqa: E402
+from tracetune.runtime.endpoint import Endpoint  # noqa: E402
 from tracetune.collect import acollect  # noqa: E402
 from tracetune.config import TaskFile  # noqa: E402
 from tracetune.mcp_client import ToolBox  # noqa: E402

@@ -74,7 +74,7 @@ def served_file(model):
 
 def model_server(model, asks=True):
     """Input of a job that asks `model` (when it `asks` at all): the served file, unless a configured
-    endpoint answers for it. The job's script passes it to tracetune.agent.resolve_endpoint."""
+    endpoint answers for it. The job's script passes it to tracetune.runtime.endpoint.resolve_endpoint."""
     return served_file(model or "base") if asks and endpoint_path(config, model) is None else []
 
 

@@ -8,7 +8,8 @@ import pytest
 from fakes import FakeEndpoint, tool_then_answer
 import time
 
-from tracetune.agent import Endpoint, EndpointError, Settings, replay_reference, request_timeout, run_agent, sized_timeout
+from tracetune.agent import Settings, replay_reference, run_agent
+from tracetune.runtime.endpoint import Endpoint, EndpointError, request_timeout, sized_timeout
 from tracetune.checks import run_check
 from tracetune.mcp_client import ToolResult as Result
 

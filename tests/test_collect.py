@@ -3,7 +3,8 @@
 import pytest
 from test_evaluate import write_tasks
 
-from tracetune.agent import Endpoint, Settings
+from tracetune.agent import Settings
+from tracetune.runtime.endpoint import Endpoint
 from tracetune.collect import collect_to_file
 from tracetune.runtime.serving import free_port
 

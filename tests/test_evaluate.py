@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from fakes import FakeEndpoint, first_tool_then_answer, tool_then_answer
-from tracetune.agent import Endpoint, Settings
+from tracetune.agent import Settings
+from tracetune.runtime.endpoint import Endpoint
 from tracetune.config import load_tasks
 from tracetune.evaluate import (evaluate_to_files, percentile, score_traces,
                                 tool_call_validity, tool_selection, wilson_interval)

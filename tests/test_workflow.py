@@ -498,9 +498,10 @@ def test_a_comment_or_docstring_reruns_nothing(finished, module):
     ("train.py", TRAIN),
     ("merge.py", AFTER_MERGE | RL_AFTER_MERGE),
     ("gguf.py", {"gguf:model=lora", "evaluate:model=lora", "gguf:model=lora-rl", "evaluate:model=lora-rl"} | REPORTS),
-    # tracetune.runtime: how jobs run (serving, MCP server processes, logs, which settings are
-    # params) is outside every fingerprint
+    # tracetune.runtime: how jobs run (serving, reaching the endpoint, MCP server processes, logs,
+    # which settings are params) is outside every fingerprint
     ("runtime/serving.py", set()),
+    ("runtime/endpoint.py", set()),
     ("runtime/mcp_connection.py", set()),
     ("runtime/logs.py", set()),
     ("runtime/settings.py", set()),

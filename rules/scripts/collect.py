@@ -2,9 +2,10 @@ from tracetune.runtime.logs import log_to
 
 log_to(snakemake.log[0])
 
-from tracetune.agent import Settings, resolve_endpoint
+from tracetune.agent import Settings
 from tracetune.collect import collect_to_file
 from tracetune.config import load_tasks
+from tracetune.runtime.endpoint import resolve_endpoint
 from tracetune.runtime.settings import untracked_settings
 
 # Params hold the result settings; the operational ones (concurrency, timeouts) come from the config.

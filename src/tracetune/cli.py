@@ -13,7 +13,8 @@ from tracetune.runtime.logs import quiet_libraries
 
 
 def _collect(args) -> None:
-    from tracetune.agent import Endpoint, Settings
+    from tracetune.agent import Settings
+    from tracetune.runtime.endpoint import Endpoint
     from tracetune.collect import acollect
     from tracetune.config import load_tasks, read_config
     from tracetune.jsonio import write_jsonl
@@ -39,7 +40,8 @@ def _review(args) -> None:
 
 
 def _record(args) -> None:
-    from tracetune.agent import EndpointError, Settings
+    from tracetune.agent import Settings
+    from tracetune.runtime.endpoint import EndpointError
     from tracetune.config import load_tasks, read_config
     from tracetune.runtime.mcp_connection import ServerStartError
     from tracetune.record import NothingSaved, plan, record

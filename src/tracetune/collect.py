@@ -7,10 +7,11 @@ import contextlib
 import logging
 from collections.abc import Iterable
 
-from tracetune.agent import Endpoint, Settings, replay_reference, request_timeout, run_agent
+from tracetune.agent import Settings, replay_reference, run_agent
 from tracetune.config import TaskFile
 from tracetune.jsonio import write_jsonl
 from tracetune.mcp_client import ToolBox
+from tracetune.runtime.endpoint import Endpoint, request_timeout
 from tracetune.trace import check_error_budget, trace_header, trace_id
 
 log = logging.getLogger(__name__)

@@ -25,12 +25,13 @@ from pathlib import Path
 
 import yaml
 
-from tracetune.agent import Endpoint, Settings, request_timeout, resolve_endpoint, run_agent
+from tracetune.agent import Settings, run_agent
 from tracetune.collect import task_toolbox
 from tracetune.config import TaskFile, load_tasks, section_settings
 from tracetune.jsonio import InputError, read_jsonl, write_jsonl, write_text
 from tracetune.parsing import tool_call_problem, tool_schemas
 from tracetune.report import pretty_arguments
+from tracetune.runtime.endpoint import Endpoint, request_timeout, resolve_endpoint
 from tracetune.trace import is_task_id, public_url, trace_header, trace_id, validate_trace
 
 SHOWN_RESULT_CHARS = 800  # a long page would push the call being judged off the screen
