@@ -174,10 +174,11 @@ def test_live_fixture_server(fixture_spec, monkeypatch):
             pic = await tb.call("picture", {})
             assert pic.content == "a red dot\n[image: image/png, 100 bytes]"
             failed = await tb.call("fail", {})
-            assert failed.is_error and "always fails" in failed.content
+            assert failed.is_error and "always fails" in failed.content and not failed.unavailable
             start = time.monotonic()
             hung = await tb.call("hang", {"seconds": 30})
             assert hung.is_error and "timed out" in hung.content and time.monotonic() - start < 10
+            assert hung.unavailable  # the server did not answer: the environment failed, not the model
             assert (await tb.call("echo", {"text": "still here"})).content == "still here"
             assert (await tb.call("nope", {})).is_error
     run(scenario())
@@ -192,7 +193,7 @@ def test_crash_restarts_once_then_errors(fixture_spec, tmp_path):
             assert first == type(first)("alive after restart", False)
             assert (await tb.call("echo", {"text": "ok"})).content == "ok"
             dead = await tb.call("always_crash", {})  # the one restart is spent
-            assert dead.is_error and "not responding" in dead.content
+            assert dead.is_error and "not responding" in dead.content and dead.unavailable
     run(scenario())
 
 

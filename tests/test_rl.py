@@ -116,6 +116,57 @@ def test_a_rollout_is_a_raw_trace_with_its_reward(taskfile):
     assert parts["valid_calls"] == 0.0
 
 
+
+def test_a_server_that_cannot_start_fails_the_rollout_not_the_model(taskfile):
+    from tracetune.rl import environment_class
+
+    dead = {"shop": {"command": sys.executable, "args": ["-c", "raise SystemExit(3)"]}}
+    tools = [{"type": "function", "function": {"name": "check_stock", "parameters": {
+        "type": "object", "properties": {"sku": {"type": "string"}}, "required": ["sku"]}}}]
+    env_class = environment_class("shop", dead, tools, 4000, 5)
+    env = env_class()
+    try:
+        env.reset(task_id="stock-teapot")
+        assert env.check_stock(sku="KB-04").startswith("Error: the tool's server could not start")
+        assert [(r["error"], r["unavailable"]) for r in env.results] == [(True, True)]
+    finally:
+        env_class.close_all()
+    task = taskfile.tasks["stock-teapot"]
+    completion = [{"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": CALL}]},
+                  {"role": "tool", "name": "check_stock", "content": env.results[0]["content"]},
+                  {"role": "assistant", "content": ANSWER}]
+    trace = rollout_trace([{"role": "user", "content": task["prompt"][0]}], completion, env.results, task, taskfile,
+                          tools, trace_id="stock-teapot--rl1-0", model="m", truncate=4000)
+    validate_trace(trace, "rollout")
+    assert trace["outcome"]["status"] == "error" and "could not start" in trace["outcome"]["error"]
+
+
+@pytest.mark.parametrize("dead, fails", [(1, False), (3, True)])
+def test_a_step_over_its_error_budget_fails_before_it_trains(taskfile, tmp_path, dead, fails):
+    from types import SimpleNamespace
+
+    from tracetune.rl import RolloutLog
+
+    task = taskfile.tasks["stock-teapot"]
+    ok = {"name": "check_stock", "arguments": CALL["arguments"], "error": False, "unavailable": False,
+          "content": "KB-04 Ceramic teapot: Leeds 0 (total 0)."}
+    gone = ok | {"error": True, "unavailable": True, "content": "Error: MCP server 'shop' is not responding."}
+    envs = [SimpleNamespace(results=[gone if i < dead else ok], tools=[]) for i in range(4)]
+    completions = [[{"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": CALL}]},
+                    {"role": "tool", "name": "check_stock", "content": env.results[0]["content"]},
+                    {"role": "assistant", "content": ANSWER}] for env in envs]
+    prompts = [[{"role": "user", "content": task["prompt"][0]}]] * 4
+    log = RolloutLog({"stock-teapot": task}, taskfile, {"check": 1.0, "valid_calls": 0.0, "recovered_errors": 0.0,
+                                                         "turns": 0.0}, tmp_path, "lora-rl", 4000, max_error_rate=0.5)
+    if fails:
+        with pytest.raises(RuntimeError, match=r"^rl step 1 failed: 3/4 traces ended in an error "
+                                               r"\(more than rl.max_error_rate=0.5\); first: Error: MCP server 'shop'"):
+            log(prompts, completions, envs, ["stock-teapot"] * 4)
+    else:
+        # under budget the step trains; the failed rollout earns nothing (its check fails on the error)
+        assert log(prompts, completions, envs, ["stock-teapot"] * 4) == [0.0, 1.0, 1.0, 1.0]
+    assert len((tmp_path / "step-00001.jsonl").read_text().splitlines()) == 4  # the step's rollouts stay for reading
+
 def rl_settings(**overrides) -> dict:
     return {"tasks": ["stock-teapot", "never"], "group_size": 2, "tasks_per_step": 2, "max_steps": 2,
             "max_completion_length": 96, "max_tool_calls": 2, "save_steps": 1, "learning_rate": 1e-3} | overrides

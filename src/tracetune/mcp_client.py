@@ -61,6 +61,8 @@ class ToolResult:
     content: str
     is_error: bool = False
     full_length: int | None = field(default=None, compare=False)  # characters before the cut at `truncate`
+    # The server did not answer (it stopped, or the call timed out): the environment failed, not the model.
+    unavailable: bool = field(default=False, compare=False)
 
     @property
     def length(self) -> int:
@@ -324,7 +326,8 @@ class ToolBox:
                 return await self._call_once(conn, tool, arguments)
             except MCPError as e:
                 if e.code == REQUEST_TIMEOUT:
-                    return ToolResult(f"Error: tool {name!r} timed out after {self.tool_timeout_s:g} s.", True)
+                    return ToolResult(f"Error: tool {name!r} timed out after {self.tool_timeout_s:g} s.", True,
+                                      unavailable=True)
                 if e.code != CONNECTION_CLOSED or await conn.alive():
                     return ToolResult(f"Error: {e.message}", True)
             except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, _NotRunning):
@@ -333,7 +336,8 @@ class ToolBox:
             if attempt == 0 and await conn.restart(generation):
                 continue
             break
-        return ToolResult(f"Error: MCP server {tool.server!r} is not responding (it stopped; restarts are spent).", True)
+        return ToolResult(f"Error: MCP server {tool.server!r} is not responding (it stopped; restarts are spent).", True,
+                          unavailable=True)
 
     async def _call_once(self, conn: Connection, tool: Tool, arguments: dict) -> ToolResult:
         session = conn.session

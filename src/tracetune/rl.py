@@ -31,7 +31,7 @@ from tracetune.curate import invalid_tool_call, unrecovered_tool_errors
 from tracetune.jsonio import InputError, atomic_dir, write_json, write_jsonl
 from tracetune.parsing import tool_call_problem, tool_schemas
 from tracetune.runtime.settings import split_settings
-from tracetune.trace import trace_header, validate_trace
+from tracetune.trace import check_error_budget, trace_header, validate_trace
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ class TaskEnvironment:
     def __init__(self):
         self._servers: Servers | None = None
         self._schemas = tool_schemas(self.tools)
-        self.results: list[dict] = []  # per call: name, arguments, error (bool), content
+        self.results: list[dict] = []  # per call: name, arguments, error and unavailable (bools), content
 
     def reset(self, **row) -> None:
         self._close()
@@ -196,13 +196,19 @@ class TaskEnvironment:
 
     def _call(self, name: str, arguments: dict) -> str:
         problem = tool_call_problem({"name": name, "arguments": arguments}, self._schemas)
+        unavailable = False
         if problem is not None:
             content, error = f"Error: {problem.message}", True
         else:
-            self._servers.box()  # started (or its start failed: raised here, a tool error)
-            result = self._servers.call(name, arguments)
-            content, error = result.content, result.is_error
-        self.results.append({"name": name, "arguments": arguments, "error": error, "content": content})
+            try:
+                self._servers.box()
+            except Exception as e:  # ServerStartError, or no start within its deadline
+                content, error, unavailable = f"Error: the tool's server could not start ({e}).", True, True
+            else:
+                result = self._servers.call(name, arguments)
+                content, error, unavailable = result.content, result.is_error, result.unavailable
+        self.results.append({"name": name, "arguments": arguments, "error": error, "unavailable": unavailable,
+                             "content": content})
         return content
 
 
@@ -275,10 +281,13 @@ def rollout_trace(prompt: list[dict], completion: list[dict], results: list[dict
         messages.append(message)
     last = messages[-1]
     answered = last.get("role") == "assistant" and not last.get("tool_calls")
+    # A server that did not answer failed the rollout, not the model: an error, counted against rl.max_error_rate.
+    failed = next((r["content"] for r in results if r.get("unavailable")), None)
+    status = "error" if failed else "answered" if answered else "max_turns"
     header = trace_header(task, taskfile, truncate, None, None, trace_id=trace_id, sample=0, source="rl")
     return header | {
         "model": model, "tools": tools, "server_tools": tools, "messages": messages, "tool_errors": errors,
-        "invalid_calls": [], "outcome": {"status": "answered" if answered else "max_turns", "error": None,
+        "invalid_calls": [], "outcome": {"status": status, "error": failed,
                                          "turns": sum(m["role"] == "assistant" for m in messages)},
     }
 
@@ -304,9 +313,9 @@ class RolloutLog:
     __name__ = "check_reward"  # TRL logs each reward function under its name
 
     def __init__(self, tasks: dict[str, dict], taskfile: TaskFile, weights: dict, out_dir: Path, model: str,
-                 truncate: int):
+                 truncate: int, max_error_rate: float = 0.5):
         self.tasks, self.taskfile, self.weights, self.out_dir, self.model = tasks, taskfile, weights, out_dir, model
-        self.truncate = truncate
+        self.truncate, self.max_error_rate = truncate, max_error_rate
         self.curve: list[dict] = []
 
     def __call__(self, prompts, completions, environments, task_id, trainer_state=None, **_) -> list[float]:
@@ -322,6 +331,8 @@ class RolloutLog:
             traces.append(trace)
             rewards.append(total)
         write_jsonl(self.out_dir / f"step-{step:05d}.jsonl", traces)
+        # Before the step's update: a dead server's batch never trains the policy (a rerun resumes).
+        check_error_budget(traces, self.max_error_rate, f"rl step {step}", "rl.max_error_rate")
         self.curve.append({"step": step, "reward": sum(rewards) / len(rewards),
                            "passed": sum(t["check"]["passed"] for t in traces) / len(traces)})
         return rewards
@@ -374,7 +385,7 @@ def run_rl(taskfile: TaskFile, base_model: str | os.PathLike, init_adapter: str 
     rows = Dataset.from_list(task_rows(tasks, taskfile.system_prompt if system_prompt else None,
                                        settings["tasks_per_step"] * settings["max_steps"], settings["seed"]))
     rewards = RolloutLog({t["id"]: t for t in tasks}, taskfile, settings["reward"], state_dir / "rollouts", out_dir.name,
-                         truncate)
+                         truncate, settings["max_error_rate"])
     import torch
 
     cuda = torch.cuda.is_available()
