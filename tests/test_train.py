@@ -61,6 +61,40 @@ def test_merged_traces_have_the_same_loss_as_their_rows(tokenizer, tiny_base):
     assert summed_loss(model, merged) == pytest.approx(summed_loss(model, separate), rel=1e-5)
 
 
+
+@pytest.mark.parametrize("padding_free", [False, True], ids=["padded", "padding-free"])
+def test_the_lm_head_only_where_the_loss_is_gives_the_models_own_loss(tokenizer, tiny_base, padding_free):
+    """rows.region_loss, what CPU training runs: the same loss and gradients as the model's own
+    loss over every position's logits, on a LoRA model, in a padded and a padding-free batch."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from tracetune.rows import region_loss
+
+    rows = [row for i in range(3) for row in render_rows(tokenizer, make_trace(i, turns=2))]
+    examples, _ = build_sequences(rows, tokenizer, 4096, merge_traces=False)
+    collate = DataCollatorForLanguageModeling(tokenizer.pad_token_id, padding_free=padding_free)
+    batch = collate([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples[:4]])
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    learned = (batch["labels"][:, 1:] != -100).sum()
+    assert learned < batch["labels"].numel() / 2  # most positions are outside the loss region
+
+    def loss_and_grads(compute):
+        model.zero_grad()
+        loss = compute()
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    own, own_grads = loss_and_grads(lambda: model(**batch, num_items_in_batch=learned).loss)
+    region, region_grads = loss_and_grads(lambda: region_loss(model, batch, learned)[0])
+    assert region == pytest.approx(own, rel=1e-5)
+    for a, b in zip(own_grads, region_grads):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
 def test_rows_that_render_differently_at_their_end_train_separately(tokenizer):
     # Qwen3's template drops reasoning of turns before the last user message: not a prefix.
     template = QWEN3_TEMPLATE.read_text()

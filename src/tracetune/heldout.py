@@ -9,22 +9,21 @@ import math
 
 from tracetune.jsonio import InputError, write_json
 from tracetune.models import bf16_native, check_model_dir
-from tracetune.rows import IGNORE, check_rows, tokenize_for_loss
+from tracetune.rows import IGNORE, check_rows, region_loss, tokenize_for_loss
 
 log = logging.getLogger(__name__)
 
 
 def token_losses(model, tokenizer, row: dict, max_len: int) -> tuple[float, int]:
     """Summed cross-entropy and token count over the row's loss region (tracetune.rows: the
-    tokens training learns), its first max_len tokens read."""
+    tokens training learns, scored as training scores them), its first max_len tokens read."""
     import torch
 
     ids, labels = tokenize_for_loss(tokenizer, row["text"], [(row["loss_start"], row["loss_end"])])
-    ids, labels = torch.tensor([ids[:max_len]]), torch.tensor(labels[:max_len])
+    inputs = {"input_ids": torch.tensor([ids[:max_len]]), "labels": torch.tensor([labels[:max_len]])}
     with torch.no_grad():
-        logits = model(input_ids=ids).logits.float()
-    loss = torch.nn.functional.cross_entropy(logits[0, :-1], labels[1:], ignore_index=IGNORE, reduction="sum")
-    return float(loss), int((labels[1:] != IGNORE).sum())
+        summed, _ = region_loss(model, inputs, num_items=1)
+    return float(summed), int((inputs["labels"][0, 1:] != IGNORE).sum())
 
 
 def heldout_loss(model_dir: str, parquet_path: str, *, max_rows: int | None = None,

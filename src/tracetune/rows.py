@@ -38,6 +38,24 @@ def tokenize_for_loss(tokenizer, text: str, spans: list[tuple[int, int]]) -> tup
     return ids, [i if inside else IGNORE for i, inside in zip(ids, in_loss(encoded["offset_mapping"], spans))]
 
 
+def region_loss(model, inputs: dict, num_items=None):
+    """Cross-entropy of the loss-region tokens (labels other than IGNORE), with the LM head run
+    only at the positions that predict one: at the rest its logits (vocabulary-wide, 49k floats a
+    position for SmolLM2) would teach nothing. Positions are kept where any row of the batch
+    learns its next token (a packed or padding-free batch is one row: exact). The sum is divided
+    by `num_items` (the Trainer's count over the accumulated batch) or by this batch's count, as
+    the model's own loss is. Returns (loss, model outputs)."""
+    import torch
+
+    targets = inputs["labels"][:, 1:]
+    keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(-1)
+    outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=keep)
+    summed = torch.nn.functional.cross_entropy(outputs.logits.float().flatten(0, 1), targets[:, keep].flatten(),
+                                               ignore_index=IGNORE, reduction="sum")
+    count = num_items if num_items is not None else (targets != IGNORE).sum()
+    return summed / count, outputs
+
+
 def prefix_owners(rows: list[dict]) -> list[int]:
     """For each row, the index of the last row of the same trace and rendering whose text begins
     with its text, following consecutive rows (itself at worst). Rows of a trace whose template

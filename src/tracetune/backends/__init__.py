@@ -65,15 +65,17 @@ def sft_config(checkpoint_dir: Path, settings: dict, device: str):
 
 
 def _cpu_trainer_class():
-    from transformers import Trainer
     from trl import SFTTrainer
+
+    from tracetune.rows import region_loss
 
     class CpuSFTTrainer(SFTTrainer):
         """Off Triton devices TRL's fused LM head scores every position in float32 chunks, half of a CPU step;
-        the model's own loss over the logits is twice as fast there (bench/train_throughput.py)."""
+        here the LM head runs only where the loss is (tracetune.rows.region_loss), the same loss."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+            loss, outputs = region_loss(model, inputs, num_items_in_batch)
+            return (loss, outputs) if return_outputs else loss
 
     return CpuSFTTrainer
 
