@@ -179,3 +179,25 @@ def test_report_shows_tool_selection_capabilities_and_the_reordering_check(built
 def _pct(r):
     lo, hi = r["ci95"]
     return f"{r['rate']:.0%} [{lo:.0%}, {hi:.0%}] ({r['k']}/{r['n']})"
+
+
+def test_a_paired_test_sees_a_gain_that_overlapping_intervals_hide():
+    from tracetune.report import mcnemar_p, paired
+
+    def summary(solved: set[str]):
+        return {"tasks": [{"task_id": f"t{i:02d}", "solved": f"t{i:02d}" in solved} for i in range(60)]}
+
+    both = {f"t{i:02d}" for i in range(20)}
+    base, tuned = summary(both | {"t20"}), summary(both | {f"t{i:02d}" for i in range(21, 30)})
+    result = paired("base", "lora", {"base": base, "lora": tuned})
+    assert result["tasks"] == 60 and result["lost"] == ["t20"] and len(result["gained"]) == 9
+    assert result["p_value"] == pytest.approx(2 * 11 / 2**10)  # exact: P(X <= 1 | n=10, 1/2), both tails
+    assert result["significant"] and "solves 9 that base does not and misses 1" in result["text"]
+    assert mcnemar_p(0, 0) == 1.0 and mcnemar_p(3, 3) == 1.0 and mcnemar_p(5, 0) == pytest.approx(0.0625)
+
+
+def test_html_and_markdown_name_the_tasks_that_flipped(built):
+    text = " ".join(parse(built["html_path"]).text)
+    assert "Paired on the same 2 eval tasks: lora solves" in text
+    assert "solved only by lora: price-blue" in text and "solved only by base: none" in text
+    assert "- solved only by lora: price-blue" in Path(built["md_path"]).read_text()

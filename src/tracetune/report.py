@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import os
 from importlib import resources
 from pathlib import Path
@@ -59,6 +60,32 @@ def verdict(baseline: str, tuned: str, summaries: dict) -> dict:
     word = "worse than" if rt < rb else "no better than"
     text = f"{tuned} is NOT better than {baseline}: it is {word} {baseline} ({rt:.0%} vs {rb:.0%} of eval samples solved)."
     return {"tuned": tuned, "better": False, "conclusive": False, "text": text}
+
+
+def mcnemar_p(gained: int, lost: int) -> float:
+    """Two-sided exact McNemar test: the chance of a split of the discordant tasks at least this
+    uneven if either model were as likely to win each one (a binomial test at 1/2)."""
+    n = gained + lost
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(gained, lost) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def paired(baseline: str, tuned: str, summaries: dict) -> dict:
+    """The two models on the same eval tasks: which flipped either way (solved by one, not the
+    other), and whether the flips lean one way more than chance would (mcnemar_p). Two intervals
+    overlap long before a paired test on the same tasks gives up."""
+    solved = {m: {t["task_id"]: t["solved"] for t in summaries[m].get("tasks") or []} for m in (baseline, tuned)}
+    common = sorted(set(solved[baseline]) & set(solved[tuned]))
+    gained = [t for t in common if solved[tuned][t] and not solved[baseline][t]]
+    lost = [t for t in common if solved[baseline][t] and not solved[tuned][t]]
+    p = mcnemar_p(len(gained), len(lost))
+    text = (f"Paired on the same {len(common)} eval tasks: {tuned} solves {len(gained)} that {baseline} does not "
+            f"and misses {len(lost)} that {baseline} solves (exact McNemar test, p = {p:.3g}: "
+            + ("a real difference at the 5 % level)." if p < 0.05 else "not significant at the 5 % level)."))
+    return {"baseline": baseline, "tuned": tuned, "tasks": len(common), "gained": gained, "lost": lost,
+            "p_value": p, "significant": p < 0.05, "text": text}
 
 
 # --- figures -------------------------------------------------------------------------------------
@@ -283,6 +310,7 @@ def context(data: dict, baseline: str, title: str) -> dict:
         "models": models,
         "baseline": models[0],
         "verdicts": [verdict(models[0], m, summaries) for m in models[1:]],
+        "paired": [paired(models[0], m, summaries) for m in models[1:]],
         "comparison": comparison_rows(models, summaries),
         "capabilities": capability_table(models, summaries),
         "tasks": task_table(models, summaries),
@@ -320,6 +348,11 @@ def render_markdown(ctx: dict, figure_files: dict[str, str]) -> str:
     models = ctx["models"]
     lines = [f"# {md_escape(ctx['title'])}", ""]
     lines += [f"**{md_escape(v['text'])}**" for v in ctx["verdicts"]] + [""]
+    for pair in ctx["paired"]:
+        lines += [md_escape(pair["text"]), ""]
+        lines += [f"- {label}: {', '.join(map(md_escape, pair[key])) or 'none'}"
+                  for key, label in (("gained", "solved only by " + pair["tuned"]),
+                                     ("lost", "solved only by " + pair["baseline"]))] + [""]
     lines += ["| measure | " + " | ".join(map(md_escape, models)) + " |", "|---" * (len(models) + 1) + "|"]
     lines += [f"| {md_escape(name)} | " + " | ".join(map(md_escape, cells)) + " |" for name, cells in ctx["comparison"]]
     lines += ["", "## Per capability (tasks solved)", "", "| capability | " + " | ".join(map(md_escape, models)) + " |",
