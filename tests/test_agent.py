@@ -100,6 +100,17 @@ def test_tool_attempted_counts_a_refused_call_that_tool_called_does_not():
     assert run_check({"tool_attempted": ["get_order"]}, trace) == (False, "tools not called: ['get_order']")
 
 
+
+def test_no_tool_call_passes_only_an_answer_without_any_call():
+    asked = {"role": "user", "content": "Thanks, have a nice day!"}
+    plain = {"messages": [asked, {"role": "assistant", "content": "You too!"}], "tool_errors": []}
+    called = {"messages": [asked, {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "search_products", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "name": "search_products", "content": "none"},
+        {"role": "assistant", "content": "You too!"}], "tool_errors": []}
+    assert run_check({"no_tool_call": True}, plain) == (True, "ok")
+    assert run_check({"no_tool_call": True}, called) == (False, "tools called where none fits: ['search_products']")
+
 def test_unknown_tool_is_recorded():
     trace, _, _ = run(tool_then_answer("delete_everything", {}, "done"))
     assert "unknown tool 'delete_everything'" in trace["invalid_calls"][0]["reason"]

@@ -66,6 +66,10 @@ def run_check(check: dict, trace: dict) -> tuple[bool, str]:
             missing = [t for t in _as_list(spec) if t not in attempted]
             if missing:
                 failures.append(f"tools not called: {missing}")
+        elif kind == "no_tool_call":  # small talk, or a question no tool answers: calling one is wrong
+            attempted = attempted_tool_names(trace)
+            if spec and attempted:
+                failures.append(f"tools called where none fits: {sorted(attempted)}")
         elif kind == "all":
             results = [run_check(sub, trace) for sub in spec]
             failures += [detail for ok, detail in results if not ok]

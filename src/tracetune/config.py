@@ -146,7 +146,7 @@ def _describe_task_path(doc: dict):
 
 # The kinds a task's check may use: the task file's grammar, judged by tracetune.checks (which
 # collection does not import, so editing how a check is judged reruns no collection).
-CHECK_KINDS = ("contains", "regex", "tool_called", "tool_attempted", "all", "any")
+CHECK_KINDS = ("contains", "regex", "tool_called", "tool_attempted", "no_tool_call", "all", "any")
 
 
 def _check_kinds(check: dict, where: str) -> None:
