@@ -254,3 +254,25 @@ def test_rows_longer_than_max_seq_len_are_left_out(tokenizer):
     examples, counts = build_sequences(rows, tokenizer, limit)
     assert counts["merged_sequences"] == 0 and len(examples) == 2 and counts["rows_dropped_too_long"] == 1
     assert pl.DataFrame(rows).height == 3
+
+
+UNSLOTH_FIRST = """
+import sys
+import tracetune.train as train_mod
+train_mod.cuda_available = lambda: True
+try:
+    train_mod.train(sys.argv[1], sys.argv[2], sys.argv[3], {"backend": "unsloth"})
+except SystemExit as stop:
+    print(stop.code)
+"""
+
+
+def test_unsloth_is_imported_before_transformers(tmp_path):
+    """unsloth patches transformers and TRL when it is imported: after them, its speed-ups are lost."""
+    (tmp_path / "unsloth").mkdir()
+    (tmp_path / "unsloth" / "__init__.py").write_text(
+        "import sys\nraise SystemExit('transformers already imported' if 'transformers' in sys.modules else 'first')\n")
+    env = {**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{Path(__file__).parents[1] / 'src'}"}
+    done = subprocess.run([sys.executable, "-c", UNSLOTH_FIRST, str(tmp_path / "none.parquet"), str(tmp_path),
+                           str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=120)
+    assert done.stdout.strip() == "first", done.stderr[-2000:]

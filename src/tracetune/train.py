@@ -186,6 +186,8 @@ def train(dataset: str | os.PathLike, base_model: str | os.PathLike, out_dir: st
     """Train a LoRA adapter on the train rows of `dataset` into `out_dir`; returns the summary."""
     settings = section_settings("train", config)
     backend = resolve_backend(settings["backend"])
+    if backend == "unsloth":
+        import unsloth  # noqa: F401  (it patches transformers and TRL: before they are first imported)
     base_model = check_model_dir(base_model, "base model")
     rows = load_rows(dataset)
 

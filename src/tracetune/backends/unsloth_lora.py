@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def load_lora_model(base_model: Path, settings: dict):
-    import unsloth  # noqa: F401  (must come before transformers/trl are patched)
+    import torch
     from unsloth import FastLanguageModel
 
     model, _tokenizer = FastLanguageModel.from_pretrained(
@@ -17,4 +17,4 @@ def load_lora_model(base_model: Path, settings: dict):
         target_modules=list(settings["target_modules"]), bias="none", use_rslora=settings["use_rslora"],
         use_gradient_checkpointing="unsloth" if settings["gradient_checkpointing"] else False,
         random_state=settings["seed"])
-    return model, "cuda"
+    return model, "cuda" if torch.cuda.is_available() else "cpu"  # unsloth can fall back to the CPU
