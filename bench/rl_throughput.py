@@ -2,9 +2,9 @@
 MCP servers per rollout) on the demo's train tasks, timed by part.
 
     .venv/bin/python bench/rl_throughput.py [--base data/models/base] [--adapter data/adapters/lora]
-                                            [--steps 3] [--group 4] [--tasks-per-step 2]
+                                            [--steps 3] [--group 4] [--tasks-per-step 2] [--micro-batch 1]
 
-Prints rollouts per minute, seconds per optimizer step, and the share of the wall time spent in
+Prints rollouts per minute, seconds per optimizer step, peak memory, and the share of the wall time spent in
 generation (the policy's `generate`), in tools (MCP calls, servers started per rollout included)
 and in the rest (log-probabilities, loss, backward and optimizer: "training"). Without an adapter
 the policy is a fresh LoRA on the base model (rl.init: base).
@@ -13,6 +13,7 @@ the policy is a fresh LoRA on the base model (rl.init: base).
 from __future__ import annotations
 
 import argparse
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=4)
     parser.add_argument("--tasks-per-step", type=int, default=2)
     parser.add_argument("--max-completion-length", type=int, default=384)
+    parser.add_argument("--micro-batch", type=int, default=1, help="rl.micro_batch: rollouts per forward/backward")
     args = parser.parse_args()
 
     from trl import GRPOTrainer
@@ -57,7 +59,8 @@ def main() -> None:
     rl.TaskEnvironment._call = tools.wrap(rl.TaskEnvironment._call)
     adapter = args.adapter if Path(args.adapter, "adapter_config.json").is_file() else None
     settings = {"group_size": args.group, "tasks_per_step": args.tasks_per_step, "max_steps": args.steps,
-                "max_completion_length": args.max_completion_length, "save_steps": 10_000}
+                "max_completion_length": args.max_completion_length, "save_steps": 10_000,
+                "micro_batch": args.micro_batch}
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         summary = rl.run_rl(load_tasks(args.tasks), args.base, adapter, Path(tmp) / "adapter", Path(tmp) / "state",
@@ -69,7 +72,7 @@ def main() -> None:
     print(f"policy: {'SFT adapter ' + adapter if adapter else 'fresh LoRA on ' + args.base}; "
           f"cpu bf16 native: {bf16_native('cpu')}; device: {summary['device']}")
     print(f"{summary['steps']} steps × {summary['rollouts_per_step']} rollouts ({args.group} per prompt), "
-          f"max {args.max_completion_length} completion tokens")
+          f"max {args.max_completion_length} completion tokens, {args.micro_batch} per forward/backward")
     print(f"rollouts per minute      {60 * rollouts / train_wall:8.1f}")
     print(f"seconds per step         {train_wall / summary['steps']:8.1f}")
     print(f"generation               {100 * generation.seconds / train_wall:7.0f} %")
@@ -77,6 +80,7 @@ def main() -> None:
     print(f"training (the rest)      {100 * rest / train_wall:7.0f} %")
     print(f"mean reward: first step {summary['first_reward']}, last step {summary['final_reward']}")
     print(f"wall time with setup     {wall:8.1f} s")
+    print(f"peak memory (RSS)        {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:8.2f} GiB")
 
 
 if __name__ == "__main__":

@@ -27,3 +27,18 @@ def test_the_id_patterns_are_the_schema_s(candidate):
 
 def test_ids_name_their_task():
     assert task_of_trace_id(trace_id("order--status", "rec2")) == "order--status"
+
+
+def test_an_outcome_is_read_off_the_messages_unless_the_run_says():
+    from tracetune.trace import trace_outcome
+
+    call = {"role": "assistant", "content": "", "tool_calls": [{"id": "c0", "type": "function",
+                                                                "function": {"name": "f", "arguments": "{}"}}]}
+    result = {"role": "tool", "tool_call_id": "c0", "name": "f", "content": "ok"}
+    answer = {"role": "assistant", "content": "done"}
+    user = {"role": "user", "content": "hi"}
+    assert trace_outcome([user, call, result, answer]) == {"status": "answered", "error": None, "turns": 2}
+    assert trace_outcome([user, call, result]) == {"status": "max_turns", "error": None, "turns": 1}
+    assert trace_outcome([user, call], error="server gone")["status"] == "error"
+    assert trace_outcome([user, answer], status="max_turns")["status"] == "max_turns"  # the run's word stands
+    assert trace_outcome([]) == {"status": "max_turns", "error": None, "turns": 0}

@@ -290,7 +290,7 @@ def planned_after(wf: Path, changes: dict, targets=("all", "rl"), plan=planned_j
 
 OPERATIONAL = {"endpoint.api_key_env": "SHOP_KEY", "endpoint.timeout_s": 300, "endpoint.max_retries": 1,
                "collect.concurrency": 4, "collect.tool_timeout_s": 60, "collect.max_error_rate": 0.2, "train.save_steps": 25,
-               "train.save_total_limit": 5, "train.gradient_checkpointing": True, "evaluate.max_error_rate": 0.4, "rl.max_error_rate": 0.3,
+               "train.save_total_limit": 5, "train.gradient_checkpointing": True, "evaluate.max_error_rate": 0.4, "rl.max_error_rate": 0.3, "rl.micro_batch": 2,
                "rl.save_steps": 2}
 
 

@@ -11,6 +11,7 @@ from typing import Protocol
 from tracetune.config import section_settings
 from tracetune.parsing import call_arguments, normalize_assistant, tool_call_problem, tool_schemas
 from tracetune.runtime.endpoint import Endpoint
+from tracetune.trace import trace_outcome
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +79,11 @@ class Recorder:
                               "content": content})
 
     def outcome(self, status: str, error: str | None = None) -> dict:
-        turns = sum(1 for m in self.messages if m["role"] == "assistant")
         return {
             "messages": self.messages,
             "tool_errors": self.tool_errors,
             "invalid_calls": self.invalid_calls,
-            "outcome": {"status": status, "error": error, "turns": turns},
+            "outcome": trace_outcome(self.messages, status=status, error=error),
             "usage": self.usage,
             "longest_tool_result": self.longest_tool_result,
             "timings": {"total_s": round(time.perf_counter() - self.started, 4), "tools_s": round(self.tools_s, 4)},

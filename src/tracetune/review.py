@@ -35,7 +35,7 @@ from tracetune.curate import (
 )
 from tracetune.jsonio import InputError, write_json, write_text
 from tracetune.report import environment, transcript
-from tracetune.trace import is_trace_id, task_of_trace_id, validate_trace
+from tracetune.trace import is_trace_id, task_of_trace_id, trace_outcome, validate_trace
 
 log = logging.getLogger(__name__)
 
@@ -269,13 +269,9 @@ def refreshed(trace: dict, messages: list[dict]) -> dict:
     calls still there, turns counted, and answered only if it ends on an answer."""
     messages = copy.deepcopy(messages)
     call_ids = {c["id"] for m in messages for c in m.get("tool_calls") or []}
-    last = messages[-1] if messages else {}
-    answered = last.get("role") == "assistant" and not last.get("tool_calls")
-    outcome = dict(trace.get("outcome") or {})
-    outcome.update(status="answered" if answered else "max_turns",
-                   turns=sum(m["role"] == "assistant" for m in messages))
-    if answered:
-        outcome["error"] = None
+    outcome = dict(trace.get("outcome") or {}) | trace_outcome(messages)
+    if outcome["status"] != "answered":  # what went wrong still stands until the trace ends on an answer
+        outcome["error"] = (trace.get("outcome") or {}).get("error")
     return trace | {
         "messages": messages, "outcome": outcome,
         "tool_errors": [i for i in trace.get("tool_errors") or [] if i in call_ids],

@@ -19,6 +19,7 @@ import importlib.util
 import inspect
 import json
 import logging
+import math
 import os
 import random
 import threading
@@ -31,7 +32,7 @@ from tracetune.curate import invalid_tool_call, unrecovered_tool_errors
 from tracetune.jsonio import InputError, atomic_dir, write_json, write_jsonl
 from tracetune.parsing import tool_call_problem, tool_schemas
 from tracetune.runtime.settings import split_settings
-from tracetune.trace import check_error_budget, trace_header, validate_trace
+from tracetune.trace import check_error_budget, trace_header, trace_outcome, validate_trace
 
 log = logging.getLogger(__name__)
 
@@ -279,16 +280,12 @@ def rollout_trace(prompt: list[dict], completion: list[dict], results: list[dict
             if result is None or result["error"]:  # not run by the environment: TRL's own error (unknown tool)
                 errors.append(call_id)
         messages.append(message)
-    last = messages[-1]
-    answered = last.get("role") == "assistant" and not last.get("tool_calls")
     # A server that did not answer failed the rollout, not the model: an error, counted against rl.max_error_rate.
     failed = next((r["content"] for r in results if r.get("unavailable")), None)
-    status = "error" if failed else "answered" if answered else "max_turns"
     header = trace_header(task, taskfile, truncate, None, None, trace_id=trace_id, sample=0, source="rl")
     return header | {
         "model": model, "tools": tools, "server_tools": tools, "messages": messages, "tool_errors": errors,
-        "invalid_calls": [], "outcome": {"status": status, "error": failed,
-                                         "turns": sum(m["role"] == "assistant" for m in messages)},
+        "invalid_calls": [], "outcome": trace_outcome(messages, error=failed),
     }
 
 
@@ -380,6 +377,7 @@ def run_rl(taskfile: TaskFile, base_model: str | os.PathLike, init_adapter: str 
 
     tokenizer = AutoTokenizer.from_pretrained(base_model, padding_side="left")
     batch = settings["group_size"] * settings["tasks_per_step"]
+    micro = math.gcd(settings["micro_batch"], batch)
     from datasets import Dataset
 
     rows = Dataset.from_list(task_rows(tasks, taskfile.system_prompt if system_prompt else None,
@@ -394,7 +392,10 @@ def run_rl(taskfile: TaskFile, base_model: str | os.PathLike, init_adapter: str 
         log.warning("rl.vllm: vllm is not installed (pip install vllm): generating with transformers instead")
     args = GRPOConfig(
         output_dir=str(state_dir / "checkpoints"), max_steps=settings["max_steps"],
-        learning_rate=settings["learning_rate"], per_device_train_batch_size=batch, gradient_accumulation_steps=1,
+        # One update per step over all its rollouts, computed `micro` rollouts at a time: the memory
+        # of a forward and backward pass grows with the rollouts in it (TRL scales the loss to match).
+        learning_rate=settings["learning_rate"], per_device_train_batch_size=micro,
+        gradient_accumulation_steps=batch // micro,
         num_generations=settings["group_size"], max_completion_length=settings["max_completion_length"],
         temperature=settings["temperature"], max_tool_calling_iterations=settings["max_tool_calls"],
         beta=settings["beta"], seed=settings["seed"], logging_steps=1, save_steps=settings["save_steps"],

@@ -64,6 +64,15 @@ def trace_header(task: dict, taskfile: TaskFile, truncate: int, model: str | Non
     }
 
 
+def trace_outcome(messages: list[dict], *, status: str | None = None, error: str | None = None) -> dict:
+    """A trace's outcome: its status (an error when `error` says the run failed; else, unless the
+    run says, answered when it ends on the model's answer and max_turns when not) and its model turns."""
+    last = messages[-1] if messages else {}
+    answered = last.get("role") == "assistant" and not last.get("tool_calls")
+    status = status or ("error" if error else "answered" if answered else "max_turns")
+    return {"status": status, "error": error, "turns": sum(m["role"] == "assistant" for m in messages)}
+
+
 @cache
 def _trace_schema() -> dict:
     return load_schema("trace.schema.yaml")
