@@ -130,22 +130,25 @@ def stop_process_group(pgid: int, grace_s: float = 10.0) -> None:
             time.sleep(0.1)
 
 
-def _group_alive(pgid: int) -> bool:
+def _exists(send_signal, target: int) -> bool:
+    """Whether a process (os.kill) or process group (os.killpg) is there: signal 0 is only checked."""
     try:
-        os.killpg(pgid, 0)
+        send_signal(target, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except PermissionError:  # there, but someone else's
         return True
+    return True
+
+
+def _group_alive(pgid: int) -> bool:
+    if not _exists(os.killpg, pgid):
+        return False
     # A zombie leader still counts as a member: reap our own children so it disappears.
     with contextlib.suppress(ChildProcessError):
         while os.waitpid(-pgid, os.WNOHANG)[0]:
             pass
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    return _exists(os.killpg, pgid)
 
 
 def stop_server(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
@@ -245,13 +248,7 @@ def _state_file(model_path: str, state_dir: Path) -> Path:
 
 
 def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return _exists(os.kill, pid)
 
 
 def _healthy(state: dict) -> bool:
