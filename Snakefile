@@ -24,6 +24,7 @@ include: "rules/dataset.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/rl.smk"
+include: "rules/rounds.smk"
 
 
 # Everything but the heavy compute runs where Snakemake runs: collection and evaluation talk to
@@ -41,6 +42,10 @@ localrules:
     report,
     report_rl,
     rl,
+    rounds_sample,
+    rounds_dataset,
+    report_rounds,
+    rounds,
     push_model,
 
 

@@ -3,12 +3,13 @@ import os
 import sys
 from pathlib import Path
 
-from tracetune.config import section_settings, task_hash
+from tracetune.config import checked_train_tasks, section_settings, task_hash
 from tracetune.curate import edit_paths, read_trace_ids
 from tracetune.fingerprint import code_fingerprint
 from tracetune.jsonio import InputError
 from tracetune.preflight import check_inputs
 from tracetune.rl import rl_tasks
+from tracetune.rounds import parse_round_run, round_run, sampler
 from tracetune.runtime.settings import endpoint_path, kept_truncate, result_settings
 
 # Preflight's cache of listed server tools and model module names; keyed by what they are read
@@ -225,3 +226,52 @@ def rl_report_models():
     """base, the SFT run and its RL run: the report of `snakemake rl`."""
     run = config["train"]["run"]
     return ["base", run, f"{run}-rl"]
+
+
+# --- rounds ---------------------------------------------------------------------------------
+
+
+def rounds_settings():
+    return section_settings("rounds", config.get("rounds"))
+
+
+def rounds_tasks():
+    """The train tasks a round samples; bad input stops the run in one line, only when a rounds
+    job is planned."""
+    try:
+        return checked_train_tasks(TASKFILE, rounds_settings()["tasks"], "rounds")
+    except InputError as e:
+        sys.exit(f"tracetune: {e}")
+
+
+def rounds_spec():
+    """The sampled tasks, their checks included, and their servers: a change reruns every round."""
+    return {t["id"]: task_hash(t, TASKFILE.servers, TASKFILE.system_prompt, judged=True) for t in rounds_tasks()}
+
+
+def rounds_server_sources(wildcards):
+    return sorted({path for task in rounds_spec() for path in server_sources(task)})
+
+
+def rounds_agent_settings(wildcards):
+    """The agent settings of collection, with the rounds' own sampling temperature."""
+    return agent_settings() | {"temperature": rounds_settings()["temperature"]}
+
+
+def train_dataset(wildcards):
+    """The rows a run trains on: a round's own (tracetune.rounds), else the SFT dataset."""
+    parsed = parse_round_run(wildcards.run)
+    if parsed is None:
+        return "data/dataset/train.parquet"
+    return "data/rounds/{}/round{}/train.parquet".format(*parsed)
+
+
+def rounds_report_models():
+    """base, the SFT run and each of its rounds: the report of `snakemake rounds`."""
+    run = config["train"]["run"]
+    return ["base", run] + [round_run(run, r) for r in range(1, rounds_settings()["rounds"] + 1)]
+
+
+def rounds_summaries():
+    run = config["train"]["run"]
+    return expand("data/rounds/{run}/round{r}/round.json", run=run, r=range(1, rounds_settings()["rounds"] + 1))

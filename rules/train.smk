@@ -1,11 +1,12 @@
-# train: data/dataset/train.parquet + the prepared base model → data/adapters/{run}/ (LoRA adapter,
-# metrics, TensorBoard events, loss.png); merge → data/models/{run}/ (16-bit, servable as is).
+# train: data/dataset/train.parquet (for {run}-round{r}, that round's rows: rules/rounds.smk) + the
+# prepared base model → data/adapters/{run}/ (LoRA adapter, metrics, TensorBoard events, loss.png);
+# merge → data/models/{run}/ (16-bit, servable as is).
 # Checkpoints live in data/checkpoints/{run}/, outside the output, so a killed job resumes there.
 
 
 rule train:
     input:
-        dataset="data/dataset/train.parquet",
+        dataset=train_dataset,
         base_model="data/models/base",
     output:
         directory("data/adapters/{run}"),

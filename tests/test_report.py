@@ -201,3 +201,22 @@ def test_html_and_markdown_name_the_tasks_that_flipped(built):
     assert "Paired on the same 2 eval tasks: lora solves" in text
     assert "solved only by lora: price-blue" in text and "solved only by base: none" in text
     assert "- solved only by lora: price-blue" in Path(built["md_path"]).read_text()
+
+
+def test_the_report_gives_each_rounds_pass_rate_and_pairs_every_model(tmp_path):
+    inputs = make_inputs(tmp_path)
+    for model in ("lora-round1",):  # a round: the tuned model's results again, as another run
+        d = tmp_path / "eval" / model
+        shutil.copytree(tmp_path / "eval" / "lora", d)
+        inputs["summaries"].append(str(d / "summary.json"))
+        inputs["results"].append(str(d / "results.jsonl"))
+    round_json = tmp_path / "round.json"
+    round_json.write_text(json.dumps({"run": "lora-round1", "round": 1, "sampled_from": "lora", "sampled": 8,
+                                      "passed": 6, "kept": 5, "pass_rate": 0.75, "train_rows": 40, "tasks": {}}))
+    build_report(**inputs, rounds=[str(round_json)])
+    md = Path(inputs["md_path"]).read_text()
+    assert "| lora-round1 | lora | 8 | 6 (75%) | 5 | 40 |" in md
+    pairs = [line for line in md.splitlines() if line.startswith("Paired on the same")]
+    assert [p.split(": ")[1].split(" solves")[0] for p in pairs] == ["lora", "lora-round1", "lora-round1"]
+    assert "lora-round1 solves 0 that lora does not and misses 0" in md
+    assert "Rejection-sampling rounds" in " ".join(parse(inputs["html_path"]).text)

@@ -45,8 +45,8 @@ def taskfile(tmp_path):
 def test_only_train_tasks_with_a_check_and_one_turn_are_rolled_out(taskfile):
     assert [t["id"] for t in rl_tasks(taskfile, {"tasks": []})] == ["stock-teapot", "never"]
     for task_id, why in [("held-out", "an eval task never reaches training"),
-                         ("two-turns", "RL needs a check and a single user turn"),
-                         ("unchecked", "RL needs a check and a single user turn"),
+                         ("two-turns", "rl needs a check and a single user turn"),
+                         ("unchecked", "rl needs a check and a single user turn"),
                          ("nope", "not a task of")]:
         with pytest.raises(InputError, match=f"config.yaml: rl.tasks: '{task_id}': {why}"):
             rl_tasks(taskfile, {"tasks": [task_id]})

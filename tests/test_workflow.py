@@ -1,6 +1,7 @@
 """The workflow as its users drive it: snakemake on a copy of this repository."""
 
 import copy
+import functools
 import os
 import shutil
 import subprocess
@@ -144,6 +145,7 @@ def test_reference_step_with_a_tool_the_server_lacks(tmp_path):
      "tracetune: config.yaml: task 'price-kettle': dataset.distractor_tools: 9 asked for, but only 1 tool(s) of other servers exist"),
     ({"dataset": {"shuffle_tools": False, "renderings": 2}}, True,
      "tracetune: config.yaml: task 'price-kettle': dataset.renderings: 2 asked for, but its 7 tool(s)"),
+    ({"rounds": {"rounds": 0}}, True, "tracetune: config.yaml: rounds.rounds: 0 is less than the minimum of 1"),
 ])
 def test_bad_input_stops_the_run_before_any_job_with_one_line(tmp_path, config, held_out, line):
     """Planned in-process: the Snakefile's exit carries the line (the two tests above see it on a
@@ -218,7 +220,7 @@ import json
 from pathlib import Path
 
 for path in map(Path, snakemake.output):
-    if snakemake.rule in ("train", "merge", "grpo"):
+    if not path.suffix:  # a directory: an adapter, a merged model, a round's kept samples
         path.mkdir(parents=True, exist_ok=True)
         (path / "stand-in").write_text("")
     elif path.suffix == ".jsonl":
@@ -258,15 +260,15 @@ def finished(tmp_path_factory, tiny_base):
         (wf / "src").unlink()  # its own copy of the package: the code-change cases edit it
         shutil.copytree(ROOT / "src", wf / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         write_tasks(wf, tasks)
-        for rule in ("train", "merge", "gguf", "eval_loss", "evaluate", "report", "grpo"):
+        for rule in ("train", "merge", "gguf", "eval_loss", "evaluate", "report", "grpo", "rounds"):
             script = wf / "rules" / "scripts" / f"{rule}.py"
             # The real script's imports, never run, keep its code fingerprint the real one.
             imports = [line for line in script.read_text().splitlines() if line.startswith("from tracetune.")]
             script.write_text("if False:\n" + "".join(f"    {line}\n" for line in imports) + STAND_IN)
-        snakemake(wf, "all", "rl")
+        snakemake(wf, "all", "rl", "rounds")
     raw = [yaml.safe_load(line) for line in (wf / f"data/traces/raw/{SITE_TASK}.jsonl").read_text().splitlines()]
     assert [(t["truncate"], t["longest_tool_result"]) for t in raw] == [(4000, 409)]
-    assert planned_jobs(wf, "all", "rl") == []  # a finished run plans nothing
+    assert planned_jobs(wf, "all", "rl", "rounds") == []  # a finished run plans nothing
     return wf
 
 
@@ -291,7 +293,7 @@ def planned_after(wf: Path, changes: dict, targets=("all", "rl"), plan=planned_j
 OPERATIONAL = {"endpoint.api_key_env": "SHOP_KEY", "endpoint.timeout_s": 300, "endpoint.max_retries": 1,
                "collect.concurrency": 4, "collect.tool_timeout_s": 60, "collect.max_error_rate": 0.2, "train.save_steps": 25,
                "train.save_total_limit": 5, "train.gradient_checkpointing": True, "evaluate.max_error_rate": 0.4, "rl.max_error_rate": 0.3, "rl.micro_batch": 2,
-               "rl.save_steps": 2}
+               "rl.save_steps": 2, "rounds.max_error_rate": 0.3}
 
 
 def test_the_rerun_matrix_covers_every_operational_setting():
@@ -303,7 +305,7 @@ def test_the_rerun_matrix_covers_every_operational_setting():
 
 @pytest.mark.parametrize("key", sorted(OPERATIONAL))
 def test_operational_setting_reruns_nothing(finished, key):
-    assert planned_after(finished, {key: OPERATIONAL[key]}) == set()
+    assert planned_after(finished, {key: OPERATIONAL[key]}, targets=("all", "rl", "rounds")) == set()
 
 
 def planned_after_task_edit(wf: Path, task_id: str, edit) -> set[str]:
@@ -429,6 +431,10 @@ EVERY_RESULT_SETTING = {
     "rl.reward.turns": (0.1, RL_CHAIN),
     "rl.vllm": (False, RL_CHAIN),
     "rl.seed": (1, RL_CHAIN),
+    # rounds: opt-in, so `all` and `rl` plan nothing (test_rounds_are_planned_as_files plans them)
+    "rounds.tasks": (["price-kettle"], set()),
+    "rounds.samples": (2, set()),
+    "rounds.temperature": (0.5, set()),
 }
 
 
@@ -508,9 +514,30 @@ def test_a_comment_or_docstring_reruns_nothing(finished, module):
     ("curate.py", CURATE_ALL),
     ("evaluate.py", EVALUATE),
     ("rl.py", RL_CHAIN),
+    ("rounds.py", set()),  # opt-in: only `snakemake rounds` reaches it
 ], ids=lambda value: value if isinstance(value, str) else None)
 def test_a_behaviour_change_reruns_the_rules_that_import_it(finished, module, planned):
     assert planned_after_code_change(finished, module, lambda source: source + "\n\nCHANGED = True\n") == planned
+
+
+def round_jobs(n: int) -> set[str]:
+    run = f"lora-round{n}"
+    return ({f"rounds_sample:run=lora, round={n}", f"rounds_dataset:run=lora, round={n}", f"train:run={run}",
+             f"merge:run={run}", f"gguf:model={run}", f"eval_loss:model={run}", f"evaluate:model={run}"}
+            | {"report_rounds", "rounds"})
+
+
+def test_rounds_are_planned_as_files(finished):
+    """Each round is its own files: a second round plans only itself (the first is never redone), a
+    sampling setting redoes every round, a retrained SFT run redoes the rounds it starts."""
+    plan = functools.partial(planned_after, finished, targets=("rounds",))
+    assert plan({"rounds.rounds": 2}) == round_jobs(2)
+    assert plan({"rounds.samples": 2}) == round_jobs(1)
+    assert plan({"rounds.temperature": 0.5}) == round_jobs(1)
+    assert plan({"train.lora_r": 8}) == ({"train:run=lora", "merge:run=lora", "gguf:model=lora", "eval_loss:model=lora",
+                                          "evaluate:model=lora"} | round_jobs(1))
+    with pytest.raises(SystemExit, match="^tracetune: config.yaml: rounds.tasks: 'eval-price-chefs-knife': an eval task never reaches training$"):
+        plan({"rounds.tasks": ["eval-price-chefs-knife"]})
 
 
 # The matrix above plans in this process (tests/dryrun.py). These cases plan both ways, the second

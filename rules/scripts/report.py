@@ -15,6 +15,7 @@ build_report(
     metrics=[str(p) for p in metrics if p.is_file()],
     curation=snakemake.input.curation,
     dataset=snakemake.input.dataset,
+    rounds=snakemake.input.get("rounds", []),
     baseline=snakemake.params.report["baseline"],
     title=snakemake.params.report["title"],
     html_path=out.html,

@@ -77,7 +77,7 @@ def validate(instance, schema: dict, where: str, describe=_location) -> None:
 
 # --- config.yaml -------------------------------------------------------------------------------
 
-SECTIONS = ("endpoint", "collect", "curate", "dataset", "hub", "train", "merge", "serve", "evaluate", "report", "rl")
+SECTIONS = ("endpoint", "collect", "curate", "dataset", "hub", "train", "merge", "serve", "evaluate", "report", "rl", "rounds")
 
 
 def load_config(config: dict, where: str = "config.yaml") -> dict:
@@ -240,6 +240,28 @@ def load_tasks(path: str | Path) -> TaskFile:
             raise InputError(f"{where}: reference: the plan must end with an answer step")
         taskfile.tasks[task["id"]] = task
     return taskfile
+
+
+def checked_train_tasks(taskfile: TaskFile, wanted: list[str], section: str, single_turn: bool = False) -> list[dict]:
+    """The train tasks a stage that learns from checks (rl, rounds) uses: the `wanted` ones (each
+    must qualify), or every train task that has a check (and one user turn, where `single_turn`).
+    Eval tasks never reach them."""
+    needs = "a check and a single user turn" if single_turn else "a check"
+    tasks = []
+    for task_id in wanted or [t for t, task in taskfile.tasks.items() if task["split"] == "train"]:
+        task = taskfile.tasks.get(task_id)
+        where = f"config.yaml: {section}.tasks: {task_id!r}"
+        if task is None:
+            raise InputError(f"{where}: not a task of {taskfile.path}")
+        if task["split"] != "train":
+            raise InputError(f"{where}: an eval task never reaches training")
+        if "check" in task and (len(task["prompt"]) == 1 or not single_turn):
+            tasks.append(task)
+        elif wanted:
+            raise InputError(f"{where}: {section} needs {needs}")
+    if not tasks:
+        raise InputError(f"config.yaml: {section}: no train task has {needs}")
+    return tasks
 
 
 def required_tools(check: dict, field: str = "") -> list[tuple[str, str]]:

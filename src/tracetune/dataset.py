@@ -205,17 +205,20 @@ def count_tokens(renderer: Renderer, rows: list[dict]) -> None:
 # --- the build ----------------------------------------------------------------------------------
 
 def read_curated(paths: Iterable[str | Path], splits: dict[str, str]) -> Iterator[tuple[str, dict]]:
-    """(split, trace) for every curated trace, tasks in id order, traces in file order."""
-    by_task = {}
+    """(split, trace) for every curated trace, tasks in id order, then files and traces in the order
+    given. A file holds one task's traces and is named after it (a task may have several files:
+    its curated traces and a round's kept samples)."""
+    by_task = defaultdict(list)
     for path in paths:
-        by_task[Path(path).name.removesuffix(".jsonl")] = path
+        by_task[Path(path).name.removesuffix(".jsonl")].append(path)
     for task_id in sorted(by_task):
-        if task_id not in splits:
-            raise InputError(f"{by_task[task_id]}: task {task_id!r} is not in the task file")
-        for lineno, trace in read_jsonl(by_task[task_id]):
-            if trace.get("task_id") != task_id:
-                raise InputError(f"{by_task[task_id]}:{lineno}: task_id: {trace.get('task_id')!r}, expected {task_id!r}")
-            yield splits[task_id], trace
+        for path in by_task[task_id]:
+            if task_id not in splits:
+                raise InputError(f"{path}: task {task_id!r} is not in the task file")
+            for lineno, trace in read_jsonl(path):
+                if trace.get("task_id") != task_id:
+                    raise InputError(f"{path}:{lineno}: task_id: {trace.get('task_id')!r}, expected {task_id!r}")
+                yield splits[task_id], trace
 
 
 def _batches(items: Iterable, size: int) -> Iterator[list]:

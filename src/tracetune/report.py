@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import json
 import math
 import os
@@ -31,8 +32,9 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
             if isinstance(m.get("step"), (int, float)) and isinstance(m.get("loss"), (int, float))]
 
 
-def load_inputs(summaries, results, metrics=(), curation=None, dataset=None, losses=()) -> dict:
+def load_inputs(summaries, results, metrics=(), curation=None, dataset=None, losses=(), rounds=()) -> dict:
     data = {
+        "rounds": [read_json(p) for p in rounds],
         "summaries": {model_of(p): read_json(p) for p in summaries},
         "results": {model_of(p): [t for _, t in read_jsonl(p)] for p in results},
         "metrics": {model_of(p): read_metrics(p) for p in metrics},
@@ -247,6 +249,15 @@ def task_table(models: list[str], summaries: dict) -> list[tuple[str, list[str]]
     return rows
 
 
+ROUND_COLUMNS = ("run", "sampled from", "samples", "passed the check", "kept", "train rows")
+
+
+def rounds_table(rounds: list[dict]) -> list[list[str]]:
+    """Each rejection-sampling round (tracetune.rounds): its pass rate on the train tasks it sampled."""
+    return [[r["run"], r["sampled_from"], str(r["sampled"]), f"{r['passed']} ({r['pass_rate']:.0%})", str(r["kept"]),
+             str(r["train_rows"])] for r in sorted(rounds, key=lambda r: r["round"])]
+
+
 def counts(doc: dict | None) -> list[tuple[str, str]]:
     """The scalar counts of a stage report (curation.json, dataset.json), flattened one level."""
     if not doc:
@@ -310,12 +321,15 @@ def context(data: dict, baseline: str, title: str) -> dict:
         "models": models,
         "baseline": models[0],
         "verdicts": [verdict(models[0], m, summaries) for m in models[1:]],
-        "paired": [paired(models[0], m, summaries) for m in models[1:]],
+        # Every pair, in model order: base against each run, and the SFT run against what builds on it.
+        "paired": [paired(a, b, summaries) for a, b in itertools.combinations(models, 2)],
         "comparison": comparison_rows(models, summaries),
         "capabilities": capability_table(models, summaries),
         "tasks": task_table(models, summaries),
         "curation": counts(data["curation"]),
         "dataset": counts(data["dataset"]),
+        "round_columns": ROUND_COLUMNS,
+        "rounds": rounds_table(data["rounds"]),
         "transcripts": {m: [transcript(t) for t in data["results"].get(m, [])] for m in models},
     }
 
@@ -366,14 +380,18 @@ def render_markdown(ctx: dict, figure_files: dict[str, str]) -> str:
     for heading, rows in (("Curation", ctx["curation"]), ("Dataset", ctx["dataset"])):
         if rows:
             lines += ["", f"## {heading}", ""] + [f"- {md_escape(k)}: {md_escape(v)}" for k, v in rows]
+    if ctx["rounds"]:
+        lines += ["", "## Rejection-sampling rounds", "", "| " + " | ".join(ctx["round_columns"]) + " |",
+                  "|---" * len(ctx["round_columns"]) + "|"]
+        lines += ["| " + " | ".join(map(md_escape, row)) + " |" for row in ctx["rounds"]]
     lines += ["", "Every eval transcript is in `report.html` (same folder).", ""]
     return "\n".join(lines)
 
 
-def build_report(*, summaries, results, metrics=(), curation=None, dataset=None, losses=(), baseline="base",
-                 html_path, md_path, figure_paths: dict[str, str], title="tracetune evaluation") -> dict:
+def build_report(*, summaries, results, metrics=(), curation=None, dataset=None, losses=(), rounds=(),
+                 baseline="base", html_path, md_path, figure_paths: dict[str, str], title="tracetune evaluation") -> dict:
     """The report rule: read everything, then write the figures, report.md and report.html."""
-    data = load_inputs(summaries, results, metrics, curation, dataset, losses)
+    data = load_inputs(summaries, results, metrics, curation, dataset, losses, rounds)
     ctx = context(data, baseline, title)
     pngs = figures(ctx["models"], data)
     for name, path in figure_paths.items():

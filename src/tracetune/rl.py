@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from tracetune.checks import verdict
-from tracetune.config import TaskFile, section_settings
+from tracetune.config import TaskFile, checked_train_tasks, section_settings
 from tracetune.curate import invalid_tool_call, unrecovered_tool_errors
 from tracetune.jsonio import InputError, atomic_dir, write_json, write_jsonl
 from tracetune.parsing import tool_call_problem, tool_schemas
@@ -40,22 +40,7 @@ log = logging.getLogger(__name__)
 def rl_tasks(taskfile: TaskFile, settings: dict) -> list[dict]:
     """The tasks RL trains on: train tasks with a check and one user turn (TRL's rollouts answer one
     prompt), the configured ones or all such. Eval tasks never reach RL."""
-    wanted = settings["tasks"] or [t for t, task in taskfile.tasks.items() if task["split"] == "train"]
-    tasks = []
-    for task_id in wanted:
-        task = taskfile.tasks.get(task_id)
-        where = f"config.yaml: rl.tasks: {task_id!r}"
-        if task is None:
-            raise InputError(f"{where}: not a task of {taskfile.path}")
-        if task["split"] != "train":
-            raise InputError(f"{where}: an eval task never reaches training")
-        if "check" in task and len(task["prompt"]) == 1:
-            tasks.append(task)
-        elif settings["tasks"]:
-            raise InputError(f"{where}: RL needs a check and a single user turn")
-    if not tasks:
-        raise InputError("config.yaml: rl: no train task has a check and a single user turn to earn rewards on")
-    return tasks
+    return checked_train_tasks(taskfile, settings["tasks"], "rl", single_turn=True)
 
 
 # --- the task's servers, as an environment TRL calls ----------------------------------------------
