@@ -8,7 +8,7 @@ the collect jobs' cost and the evaluation figures of the run.
 (without it, built files in data/ stop the bench).
 To stand in for a plain AVX2 CPU on an AVX-512 machine, pin the engines before running it:
 
-    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 .venv/bin/python bench/demo_stages.py --clean
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 .venv/bin/python bench/demo_stages.py --clean
 
 (llama.cpp is built for AVX2 without AVX-512 on every machine: scripts/install-llama-cpp.sh.)
 A stage's span runs from its first job's start to its last job's end (Snakemake's log, 1 s
@@ -57,7 +57,7 @@ def cpu_kind() -> dict:
             "avx512_bf16 (cpu flag)": "avx512_bf16" in flags,
             "torch capability": torch.backends.cpu.get_cpu_capability(),
             "bf16 native (tracetune)": bf16_native("cpu"),
-            "pins": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in os.environ}}
+            "pins": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS") if k in os.environ}}
 
 
 def own_cpu_until_exit(proc: subprocess.Popen) -> float:

@@ -1,7 +1,7 @@
 """Training speed as a fraction of this machine's matmul peak, and what the LM head costs.
 
-    .venv/bin/python bench/train_mfu.py [--dataset .smoke/data/dataset/train.parquet] [--base .smoke/data/models/base]
-    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 .venv/bin/python bench/train_mfu.py   # a plain AVX2 CPU
+    .venv/bin/python bench/train_mfu.py [--dataset .smoke/data/dataset/train.parquet] [--base .smoke/data/models/base] [--rows N]
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 .venv/bin/python bench/train_mfu.py   # a plain AVX2 CPU
 
 1. The peak: torch matmuls at the model's own shapes (a sequence of tokens against each projection
    and the LM head), in float32 and, where the CPU has it natively, bf16; the best GFLOP/s is the peak.
@@ -36,7 +36,8 @@ def cpu_kind() -> str:
     from tracetune.models import bf16_native
 
     return (f"torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, "
-            f"bf16 native: {bf16_native('cpu')}, {THREADS} threads, ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '-')}")
+            f"bf16 native: {bf16_native('cpu')}, {THREADS} threads, ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '-')}, "
+            f"MKL_ENABLE_INSTRUCTIONS={os.environ.get('MKL_ENABLE_INSTRUCTIONS', '-')}")
 
 
 def shapes(config) -> dict[str, tuple[int, int]]:
@@ -123,6 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default=str(ROOT / ".smoke/data/dataset/train.parquet"))
     parser.add_argument("--base", default=str(ROOT / ".smoke/data/models/base"), help="a prepared base model")
+    parser.add_argument("--rows", type=int, help="the first N rows only (the demo's dataset takes minutes a pass)")
     parser.add_argument("--child"), parser.add_argument("--data")
     args = parser.parse_args()
     if args.child:
@@ -147,6 +149,10 @@ def main() -> None:
     peak = max(peaks[train_dtype].values())
     print(f"peak at the model's shapes, {train_dtype} (what training runs in here): {peak:.1f} GFLOP/s")
 
+    if args.rows:
+        subset = Path(tempfile.mkdtemp()) / "train.parquet"
+        pl.read_parquet(args.dataset).head(args.rows).write_parquet(subset)
+        args.dataset = str(subset)
     rows = pl.read_parquet(args.dataset).to_dicts()
     examples, counts = build_sequences(rows, AutoTokenizer.from_pretrained(args.base), 4096)
     ids, labels = [e["input_ids"] for e in examples], [e["labels"] for e in examples]
