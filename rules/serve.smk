@@ -31,6 +31,7 @@ rule gguf:
         model="data/models/{model}",
     output:
         "data/gguf/{model}.gguf",
+    priority: 10  # the base model's early, so its evaluation runs beside collection; a tuned model's on the critical path
     params:
         code=code_of("gguf.py"),
         gguf_type=result_settings(config, "serve", "gguf_type"),

@@ -16,6 +16,7 @@ rule train:
         checkpoints="data/checkpoints/{run}",
     wildcard_constraints:
         run=r"(?!base$)(?![A-Za-z0-9._-]*-rl$)[A-Za-z0-9._-]+",  # {run}-rl is GRPO's (rules/rl.smk)
+    priority: 10  # the critical path: it starts before the base model's held-out loss, which waits for it
     threads: 4
     resources:
         mem_mb=16000,
@@ -41,6 +42,7 @@ rule merge:
         merge=result_settings(config, "merge"),
     wildcard_constraints:
         run=r"(?!base$)[A-Za-z0-9._-]+",
+    priority: 10  # the critical path, after training
     resources:
         mem_mb=16000,
     conda:
