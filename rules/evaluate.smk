@@ -1,6 +1,8 @@
 # evaluate: each model in evaluate.models (base = the prepared base model, others = merged tuned runs)
 # runs the split: eval tasks → data/eval/{model}/results.jsonl + summary.json, and the held-out loss
 # → data/eval/{model}/loss.json beside it (a job of its own, run alongside);
+# benchmark: each of evaluate.benchmarks on each model (bfcl: tracetune.benchmarks) →
+# data/eval/{model}/{benchmark}.jsonl + .json;
 # report: base vs tuned → data/reports/report.html, report.md and the figures beside them.
 
 
@@ -49,9 +51,29 @@ rule evaluate:
         "scripts/evaluate.py"
 
 
+rule benchmark:
+    input:
+        served=lambda w: model_server(w.model),
+    output:
+        results="data/eval/{model}/{benchmark}.jsonl",
+        summary="data/eval/{model}/{benchmark}.json",
+    params:
+        code=code_of("benchmark.py"),
+        bfcl=result_settings(config, "evaluate", "bfcl"),
+        settings=benchmark_agent_settings(),
+        endpoint=lambda w: endpoint_settings(w.model),
+    conda:
+        "../envs/tracetune.yaml"
+    log:
+        "logs/evaluate/{model}.{benchmark}.log",
+    script:
+        "scripts/benchmark.py"
+
+
 rule report:
     input:
         summaries=expand("data/eval/{model}/summary.json", model=eval_models()),
+        benchmarks=benchmark_summaries(),
         results=expand("data/eval/{model}/results.jsonl", model=eval_models()),
         losses=eval_losses(),
         adapters=expand("data/adapters/{run}", run=trained_runs()),

@@ -39,6 +39,7 @@ rule grpo:
 use rule report as report_rl with:
     input:
         summaries=expand("data/eval/{model}/summary.json", model=rl_report_models()),
+        benchmarks=benchmark_summaries(rl_report_models()),
         results=expand("data/eval/{model}/results.jsonl", model=rl_report_models()),
         losses=eval_losses(rl_report_models()),
         adapters=expand("data/adapters/{run}", run=rl_report_models()[1:]),

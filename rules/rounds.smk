@@ -54,6 +54,7 @@ rule rounds_dataset:
 use rule report as report_rounds with:
     input:
         summaries=expand("data/eval/{model}/summary.json", model=rounds_report_models()),
+        benchmarks=benchmark_summaries(rounds_report_models()),
         results=expand("data/eval/{model}/results.jsonl", model=rounds_report_models()),
         losses=eval_losses(rounds_report_models()),
         adapters=expand("data/adapters/{run}", run=rounds_report_models()[1:]),

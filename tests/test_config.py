@@ -169,7 +169,7 @@ def test_readme_lists_every_operational_setting():
         listed |= {prefix + name for name in re.findall(r"`([^`]+)`", operational)}
     kinds = setting_kinds()
     assert listed == {path for path, kind in kinds.items() if kind == "operational"}
-    assert {path for path, kind in kinds.items() if kind == "target"} == {"tasks", "evaluate.models", "train.run", "rounds.rounds"}
+    assert {path for path, kind in kinds.items() if kind == "target"} == {"tasks", "evaluate.models", "evaluate.benchmarks", "train.run", "rounds.rounds"}
 
 
 def write_traces(path, traces):

@@ -220,3 +220,21 @@ def test_the_report_gives_each_rounds_pass_rate_and_pairs_every_model(tmp_path):
     assert [p.split(": ")[1].split(" solves")[0] for p in pairs] == ["lora", "lora-round1", "lora-round1"]
     assert "lora-round1 solves 0 that lora does not and misses 0" in md
     assert "Rejection-sampling rounds" in " ".join(parse(inputs["html_path"]).text)
+
+
+def test_the_report_gives_each_benchmark_per_category_beside_the_task_eval(tmp_path):
+    inputs = make_inputs(tmp_path)
+    files = []
+    for model, passed in (("base", 0), ("lora", 3)):
+        path = tmp_path / "eval" / model / "bfcl.json"
+        path.write_text(json.dumps({"model": model, "benchmark": "bfcl", "entries_per_category": 4, "categories": {
+            "simple_python": {"n": 4, "passed": passed, "accuracy": passed / 4},
+            "irrelevance": {"n": 4, "passed": 4 - passed, "accuracy": (4 - passed) / 4}}}))
+        files.append(str(path))
+    build_report(**inputs, benchmarks=files)
+    md = Path(inputs["md_path"]).read_text()
+    assert "## Benchmark: bfcl (accuracy per category)" in md
+    assert "| simple_python | 0.00 (0/4) | 0.75 (3/4) |" in md
+    assert "| irrelevance | 1.00 (4/4) | 0.25 (1/4) |" in md
+    html = parse(inputs["html_path"])
+    assert "Benchmark: bfcl (accuracy per category)" in " ".join(html.text)

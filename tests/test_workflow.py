@@ -146,6 +146,7 @@ def test_reference_step_with_a_tool_the_server_lacks(tmp_path):
     ({"dataset": {"shuffle_tools": False, "renderings": 2}}, True,
      "tracetune: config.yaml: task 'price-kettle': dataset.renderings: 2 asked for, but its 7 tool(s)"),
     ({"rounds": {"rounds": 0}}, True, "tracetune: config.yaml: rounds.rounds: 0 is less than the minimum of 1"),
+    ({"evaluate": {"benchmarks": ["mmlu"]}}, True, "tracetune: config.yaml: evaluate.benchmarks[0]: 'mmlu' is not one of"),
 ])
 def test_bad_input_stops_the_run_before_any_job_with_one_line(tmp_path, config, held_out, line):
     """Planned in-process: the Snakefile's exit carries the line (the two tests above see it on a
@@ -224,7 +225,8 @@ for path in map(Path, snakemake.output):
         path.mkdir(parents=True, exist_ok=True)
         (path / "stand-in").write_text("")
     elif path.suffix == ".jsonl":
-        path.write_text(json.dumps({"truncate": snakemake.params.truncate, "longest_tool_result": 0}) + "\\n")
+        path.write_text(json.dumps({"truncate": getattr(snakemake.params, "truncate", None),
+                                    "longest_tool_result": 0}) + "\\n")
     else:
         path.write_text("{}")
 '''
@@ -232,13 +234,22 @@ SITE_TASK = "site-sunday-open"  # the first variant of site-{slug}: its page is 
 RERUN_TASKS = ["price-kettle", "stock-teapot", SITE_TASK, "eval-price-chefs-knife"]
 # Dry runs plan `all` and `rl` (GRPO from the SFT run, merged, evaluated and reported beside it).
 REPORTS = {"report", "all", "report_rl", "rl"}
+
+
+def bfcl(*models: str) -> set[str]:
+    """The benchmark jobs of `models` (the finished workflow runs evaluate.benchmarks: [bfcl])."""
+    return {f"benchmark:model={m}, benchmark=bfcl" for m in models}
+
+
 RL_AFTER_MERGE = {"merge:run=lora-rl", "gguf:model=lora-rl", "eval_loss:model=lora-rl", "evaluate:model=lora-rl",
-                  "report_rl", "rl"}
+                  "report_rl", "rl"} | bfcl("lora-rl")
 RL_CHAIN = {"grpo:run=lora"} | RL_AFTER_MERGE
 SERVED = {"evaluate:model=lora", "evaluate:model=lora-rl"} | REPORTS  # how the tuned models are served
-SERVED_GGUF = {"gguf:model=lora", "gguf:model=lora-rl"} | SERVED
+SERVED_FILE = SERVED | bfcl("lora", "lora-rl")  # what asks the served file (base is asked at the endpoint)
+SERVED_GGUF = {"gguf:model=lora", "gguf:model=lora-rl"} | SERVED_FILE
 EVALUATE_BOTH = {"evaluate:model=base", "evaluate:model=lora", "evaluate:model=lora-rl"} | REPORTS
-AFTER_MERGE = {"merge:run=lora", "gguf:model=lora", "eval_loss:model=lora", "evaluate:model=lora"} | REPORTS
+BFCL_ALL = bfcl("base", "lora", "lora-rl") | REPORTS
+AFTER_MERGE = {"merge:run=lora", "gguf:model=lora", "eval_loss:model=lora", "evaluate:model=lora"} | bfcl("lora") | REPORTS
 AFTER_DATASET = ({"build_dataset", "train:run=lora", "eval_loss:model=base"}  # base is evaluated as before
                  | AFTER_MERGE | RL_CHAIN)  # RL continues the retrained SFT adapter
 AFTER_CURATE = {"curation_report"} | AFTER_DATASET
@@ -256,11 +267,12 @@ def finished(tmp_path_factory, tiny_base):
     tasks[1]["samples"] = 1
     tasks[2]["vary"] = tasks[2]["vary"][:1]
     with FakeEndpoint(lambda messages: {"role": "assistant", "content": "There are 7 teapots."}) as fake:
-        wf = make_workflow(tmp, [], {"base_model": str(base), "endpoint": {"base_url": fake.base_url, "model": "fake"}})
+        wf = make_workflow(tmp, [], {"base_model": str(base), "endpoint": {"base_url": fake.base_url, "model": "fake"},
+                                     "evaluate": {"benchmarks": ["bfcl"]}})
         (wf / "src").unlink()  # its own copy of the package: the code-change cases edit it
         shutil.copytree(ROOT / "src", wf / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         write_tasks(wf, tasks)
-        for rule in ("train", "merge", "gguf", "eval_loss", "evaluate", "report", "grpo", "rounds"):
+        for rule in ("train", "merge", "gguf", "eval_loss", "evaluate", "benchmark", "report", "grpo", "rounds"):
             script = wf / "rules" / "scripts" / f"{rule}.py"
             # The real script's imports, never run, keep its code fingerprint the real one.
             imports = [line for line in script.read_text().splitlines() if line.startswith("from tracetune.")]
@@ -335,12 +347,14 @@ def test_target_settings_rerun_nothing_already_built(finished):
     shutil.copy(finished / "tasks.yaml", finished / "tasks-copy.yaml")
     assert planned_after(finished, {"tasks": "tasks-copy.yaml"}) == set()
     assert planned_after(finished, {"train.run": "another"}, targets=("all",)) == set()  # only push_model pushes it
+    # A benchmark more or less: its files are built or left, and only the reports (their inputs) change.
+    assert planned_after(finished, {"evaluate.benchmarks": []}) == REPORTS
 
 
 @pytest.mark.parametrize("changes, planned", [
     # Agent settings reach the task with a model sample and the evaluation, not the reference plans.
     ({"collect.max_tokens": 128}, {"collect:task=stock-teapot", "curate:task=stock-teapot", "evaluate:model=base"}
-     | AFTER_CURATE),
+     | bfcl("base") | AFTER_CURATE),
     ({"collect.truncate": 1000}, RL_CHAIN),  # no collected result is that long; RL's own results may be
     ({"collect.truncate": 300}, {f"collect:task={SITE_TASK}", f"curate:task={SITE_TASK}"} | AFTER_CURATE),
     ({"curate.keep_system_prompt": True}, {f"curate:task={t}" for t in RERUN_TASKS} | {"evaluate:model=base"}
@@ -348,8 +362,8 @@ def test_target_settings_rerun_nothing_already_built(finished):
     ({"dataset.max_seq_len": 1024}, AFTER_DATASET),
     ({"train.lora_r": 8}, {"train:run=lora"} | AFTER_MERGE | RL_CHAIN),  # RL continues the SFT adapter
     ({"serve.gguf_type": "q8_0"}, SERVED_GGUF),
-    ({"serve.engine": "transformers"}, SERVED),  # serves the merged directory
-    ({"evaluate.temperature": 0.5}, EVALUATE_BOTH),
+    ({"serve.engine": "transformers"}, SERVED_FILE),  # serves the merged directory
+    ({"evaluate.temperature": 0.5}, EVALUATE_BOTH | BFCL_ALL),
     ({"report.title": "Shop agent"}, REPORTS),
 ], ids=lambda value: ",".join(value) if isinstance(value, dict) else None)
 def test_result_setting_reruns_exactly_what_it_changes(finished, changes, planned):
@@ -362,14 +376,14 @@ TRAIN = {"train:run=lora"} | AFTER_MERGE | RL_CHAIN
 EVAL_LOSS_BOTH = {"eval_loss:model=base", "eval_loss:model=lora", "eval_loss:model=lora-rl"} | REPORTS
 SAMPLED = {"collect:task=stock-teapot", "curate:task=stock-teapot"} | AFTER_CURATE  # the task with a model sample
 EVERY_RESULT_SETTING = {
-    "endpoint.base_url": ("http://127.0.0.1:9/v1", SAMPLED | {"evaluate:model=base"}),
-    "endpoint.model": ("another", SAMPLED | {"evaluate:model=base"}),
+    "endpoint.base_url": ("http://127.0.0.1:9/v1", SAMPLED | {"evaluate:model=base"} | bfcl("base")),
+    "endpoint.model": ("another", SAMPLED | {"evaluate:model=base"} | bfcl("base")),
     "collect.samples": (1, {f"{rule}:task={t}" for rule in ("collect", "curate") for t in RERUN_TASKS
                             if t != "stock-teapot"} | AFTER_CURATE),  # stock-teapot has its own samples
     "collect.temperature": (0.2, SAMPLED),  # the evaluation has its own
-    "collect.seed": (1, SAMPLED | {"evaluate:model=base"}),
+    "collect.seed": (1, SAMPLED | {"evaluate:model=base"} | bfcl("base")),
     "collect.max_turns": (3, SAMPLED | {"evaluate:model=base"}),
-    "collect.max_tokens": (128, SAMPLED | {"evaluate:model=base"}),
+    "collect.max_tokens": (128, SAMPLED | {"evaluate:model=base"} | bfcl("base")),
     "collect.truncate": (300, {f"collect:task={SITE_TASK}", f"curate:task={SITE_TASK}"} | AFTER_CURATE),
     "curate.keep_system_prompt": (True, CURATE_ALL | {"evaluate:model=base"}),
     "curate.drop_unrecovered_tool_errors": (True, CURATE_ALL),
@@ -404,10 +418,12 @@ EVERY_RESULT_SETTING = {
     "train.max_grad_norm": (0.5, TRAIN),
     "train.seed": (1, TRAIN),
     "merge.dtype": ("float16", AFTER_MERGE | RL_AFTER_MERGE),
-    "serve.engine": ("transformers", SERVED),
+    "serve.engine": ("transformers", SERVED_FILE),
     "serve.gguf_type": ("q8_0", SERVED_GGUF),
     "evaluate.samples": (2, EVALUATE_BOTH),
-    "evaluate.temperature": (0.5, EVALUATE_BOTH),
+    "evaluate.temperature": (0.5, EVALUATE_BOTH | BFCL_ALL),
+    "evaluate.bfcl.categories": (["irrelevance"], BFCL_ALL),
+    "evaluate.bfcl.entries": (5, BFCL_ALL),
     "evaluate.reorder_check": (False, SERVED),  # only tuned models run it
     "evaluate.loss.enabled": (False, REPORTS),
     "evaluate.loss.max_rows": (5, EVAL_LOSS_BOTH),
@@ -486,14 +502,14 @@ def test_a_comment_or_docstring_reruns_nothing(finished, module):
 
 @pytest.mark.parametrize("module, planned", [
     ("checks.py", CURATE_ALL | EVALUATE),  # verdicts are judged where they are used: no collection
-    ("parsing.py", ALL_TASKS | AFTER_CURATE | EVALUATE),  # the agent's parser and every stage's call rule
+    ("parsing.py", ALL_TASKS | AFTER_CURATE | EVALUATE | bfcl("base")),  # the agent's parser and every stage's call rule
     ("rows.py", AFTER_DATASET),  # the loss region of the dataset, training and held-out loss
     ("heldout.py", EVAL_LOSS_BOTH),
     ("mcp_client.py", ALL_TASKS | AFTER_CURATE | EVALUATE),
-    ("agent.py", ALL_TASKS | AFTER_CURATE | EVALUATE),
+    ("agent.py", ALL_TASKS | AFTER_CURATE | EVALUATE | bfcl("base")),
     ("collect.py", ALL_TASKS | AFTER_CURATE | EVALUATE),
-    ("trace.py", ALL_TASKS | AFTER_CURATE | EVALUATE),  # every stage that makes or reads a trace
-    ("config.py", ALL_TASKS | AFTER_CURATE | EVALUATE),
+    ("trace.py", ALL_TASKS | AFTER_CURATE | EVALUATE | bfcl("base")),  # every stage that makes or reads a trace
+    ("config.py", ALL_TASKS | AFTER_CURATE | EVALUATE | bfcl("base")),
     ("toolsets.py", AFTER_DATASET),
     ("preflight.py", set()),  # checks before the run: no job's output depends on it
     ("fingerprint.py", set()),
@@ -503,7 +519,7 @@ def test_a_comment_or_docstring_reruns_nothing(finished, module):
     ("dataset.py", AFTER_DATASET),
     ("train.py", TRAIN),
     ("merge.py", AFTER_MERGE | RL_AFTER_MERGE),
-    ("gguf.py", {"gguf:model=lora", "evaluate:model=lora", "gguf:model=lora-rl", "evaluate:model=lora-rl"} | REPORTS),
+    ("gguf.py", {"gguf:model=lora", "gguf:model=lora-rl"} | SERVED_FILE),
     # tracetune.runtime: how jobs run (serving, reaching the endpoint, MCP server processes, logs,
     # which settings are params) is outside every fingerprint
     ("runtime/serving.py", set()),
@@ -515,6 +531,7 @@ def test_a_comment_or_docstring_reruns_nothing(finished, module):
     ("evaluate.py", EVALUATE),
     ("rl.py", RL_CHAIN),
     ("rounds.py", set()),  # opt-in: only `snakemake rounds` reaches it
+    ("benchmarks.py", BFCL_ALL),
 ], ids=lambda value: value if isinstance(value, str) else None)
 def test_a_behaviour_change_reruns_the_rules_that_import_it(finished, module, planned):
     assert planned_after_code_change(finished, module, lambda source: source + "\n\nCHANGED = True\n") == planned
@@ -523,7 +540,7 @@ def test_a_behaviour_change_reruns_the_rules_that_import_it(finished, module, pl
 def round_jobs(n: int) -> set[str]:
     run = f"lora-round{n}"
     return ({f"rounds_sample:run=lora, round={n}", f"rounds_dataset:run=lora, round={n}", f"train:run={run}",
-             f"merge:run={run}", f"gguf:model={run}", f"eval_loss:model={run}", f"evaluate:model={run}"}
+             f"merge:run={run}", f"gguf:model={run}", f"eval_loss:model={run}", f"evaluate:model={run}"} | bfcl(run)
             | {"report_rounds", "rounds"})
 
 
@@ -535,7 +552,7 @@ def test_rounds_are_planned_as_files(finished):
     assert plan({"rounds.samples": 2}) == round_jobs(1)
     assert plan({"rounds.temperature": 0.5}) == round_jobs(1)
     assert plan({"train.lora_r": 8}) == ({"train:run=lora", "merge:run=lora", "gguf:model=lora", "eval_loss:model=lora",
-                                          "evaluate:model=lora"} | round_jobs(1))
+                                          "evaluate:model=lora"} | bfcl("lora") | round_jobs(1))
     with pytest.raises(SystemExit, match="^tracetune: config.yaml: rounds.tasks: 'eval-price-chefs-knife': an eval task never reaches training$"):
         plan({"rounds.tasks": ["eval-price-chefs-knife"]})
 

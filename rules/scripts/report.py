@@ -16,6 +16,7 @@ build_report(
     curation=snakemake.input.curation,
     dataset=snakemake.input.dataset,
     rounds=snakemake.input.get("rounds", []),
+    benchmarks=snakemake.input.benchmarks,
     baseline=snakemake.params.report["baseline"],
     title=snakemake.params.report["title"],
     html_path=out.html,

@@ -8,6 +8,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from tracetune.benchmarks import check_benchmarks_installed
 from tracetune.config import TaskFile, check_reference_tools, load_config, load_tasks
 from tracetune.evaluate import eval_task_ids
 from tracetune.jsonio import InputError, write_json
@@ -19,6 +20,7 @@ def check_inputs(config: dict, cache_dir: str | Path, where: str = "config.yaml"
     """Validate `config` in place (defaults filled in) and the task file it names; return the tasks."""
     # The cheap checks first: reading files. Then what starts servers, then what imports torch.
     load_config(config, where)
+    check_benchmarks_installed(config["evaluate"]["benchmarks"], where)
     taskfile = load_tasks(config["tasks"])
     check_base_model(config["base_model"])
     models = config["evaluate"]["models"]

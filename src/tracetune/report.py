@@ -32,9 +32,11 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
             if isinstance(m.get("step"), (int, float)) and isinstance(m.get("loss"), (int, float))]
 
 
-def load_inputs(summaries, results, metrics=(), curation=None, dataset=None, losses=(), rounds=()) -> dict:
+def load_inputs(summaries, results, metrics=(), curation=None, dataset=None, losses=(), rounds=(),
+                benchmarks=()) -> dict:
     data = {
         "rounds": [read_json(p) for p in rounds],
+        "benchmarks": [read_json(p) for p in benchmarks],  # data/eval/{model}/{benchmark}.json
         "summaries": {model_of(p): read_json(p) for p in summaries},
         "results": {model_of(p): [t for _, t in read_jsonl(p)] for p in results},
         "metrics": {model_of(p): read_metrics(p) for p in metrics},
@@ -258,6 +260,24 @@ def rounds_table(rounds: list[dict]) -> list[list[str]]:
              str(r["train_rows"])] for r in sorted(rounds, key=lambda r: r["round"])]
 
 
+def benchmark_tables(models: list[str], benchmarks: list[dict]) -> dict[str, list[tuple[str, list[str]]]]:
+    """Per benchmark: each category's accuracy per model (tracetune.benchmarks), in model order."""
+    by_name: dict[str, dict[str, dict]] = {}
+    for summary in benchmarks:
+        by_name.setdefault(summary["benchmark"], {})[summary["model"]] = summary["categories"]
+    tables = {}
+    for name, per_model in by_name.items():
+        categories = list(dict.fromkeys(c for m in models for c in per_model.get(m, {})))
+        tables[name] = [(c, [_accuracy_cell(per_model.get(m, {}).get(c)) for m in models]) for c in categories]
+    return tables
+
+
+def _accuracy_cell(category: dict | None) -> str:
+    if not category or not category["n"]:
+        return "–"
+    return f"{category['accuracy']:.2f} ({category['passed']}/{category['n']})"
+
+
 def counts(doc: dict | None) -> list[tuple[str, str]]:
     """The scalar counts of a stage report (curation.json, dataset.json), flattened one level."""
     if not doc:
@@ -330,6 +350,7 @@ def context(data: dict, baseline: str, title: str) -> dict:
         "dataset": counts(data["dataset"]),
         "round_columns": ROUND_COLUMNS,
         "rounds": rounds_table(data["rounds"]),
+        "benchmarks": benchmark_tables(models, data["benchmarks"]),
         "transcripts": {m: [transcript(t) for t in data["results"].get(m, [])] for m in models},
     }
 
@@ -380,6 +401,10 @@ def render_markdown(ctx: dict, figure_files: dict[str, str]) -> str:
     for heading, rows in (("Curation", ctx["curation"]), ("Dataset", ctx["dataset"])):
         if rows:
             lines += ["", f"## {heading}", ""] + [f"- {md_escape(k)}: {md_escape(v)}" for k, v in rows]
+    for name, rows in ctx["benchmarks"].items():
+        lines += ["", f"## Benchmark: {md_escape(name)} (accuracy per category)", "",
+                  "| category | " + " | ".join(map(md_escape, models)) + " |", "|---" * (len(models) + 1) + "|"]
+        lines += [f"| {md_escape(c)} | " + " | ".join(map(md_escape, cells)) + " |" for c, cells in rows]
     if ctx["rounds"]:
         lines += ["", "## Rejection-sampling rounds", "", "| " + " | ".join(ctx["round_columns"]) + " |",
                   "|---" * len(ctx["round_columns"]) + "|"]
@@ -388,10 +413,10 @@ def render_markdown(ctx: dict, figure_files: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def build_report(*, summaries, results, metrics=(), curation=None, dataset=None, losses=(), rounds=(),
+def build_report(*, summaries, results, metrics=(), curation=None, dataset=None, losses=(), rounds=(), benchmarks=(),
                  baseline="base", html_path, md_path, figure_paths: dict[str, str], title="tracetune evaluation") -> dict:
     """The report rule: read everything, then write the figures, report.md and report.html."""
-    data = load_inputs(summaries, results, metrics, curation, dataset, losses, rounds)
+    data = load_inputs(summaries, results, metrics, curation, dataset, losses, rounds, benchmarks)
     ctx = context(data, baseline, title)
     pngs = figures(ctx["models"], data)
     for name, path in figure_paths.items():
