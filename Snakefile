@@ -15,7 +15,7 @@ wildcard_constraints:
     task=r"[a-z0-9._-]+",
     model=r"[A-Za-z0-9._-]+",
     split=r"train|eval",
-    benchmark=r"bfcl",
+    benchmark="|".join(BENCHMARKS),  # tracetune.benchmarks, as the schema's evaluate.benchmarks
 
 
 include: "rules/serve.smk"

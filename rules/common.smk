@@ -3,6 +3,7 @@ import os
 import sys
 from pathlib import Path
 
+from tracetune.benchmarks import BENCHMARKS
 from tracetune.config import checked_train_tasks, section_settings, task_hash
 from tracetune.curate import edit_paths, read_trace_ids
 from tracetune.fingerprint import code_fingerprint

@@ -132,3 +132,12 @@ def test_the_embedded_model_served_by_llama_cpp_answers_bfcl_entries(tmp_path, b
     results = [r for _, r in read_jsonl(paths["results_path"])]
     assert all(r["passed"] == (not r["calls"] if r["category"] == "irrelevance" else r["why"] == "") for r in results)
     assert any(r["content"] for r in results)
+
+
+def test_the_schema_names_the_benchmarks_and_categories_the_module_runs():
+    """The config schema validates names; the Snakefile's wildcard and the module take them from BENCHMARKS."""
+    from tracetune.benchmarks import BENCHMARKS, BFCL_CATEGORIES
+    from tracetune.runtime.settings import setting_schema
+
+    assert setting_schema("evaluate", "benchmarks")["items"]["enum"] == list(BENCHMARKS)
+    assert setting_schema("evaluate", "bfcl", "categories")["items"]["enum"] == list(BFCL_CATEGORIES)
