@@ -21,6 +21,8 @@ rule rounds_sample:
         system_prompt=result_settings(config, "curate", "keep_system_prompt"),  # as the SFT run was trained
     wildcard_constraints:
         round=r"[1-9][0-9]*",
+    conda:
+        "../envs/tracetune.yaml"
     log:
         "logs/rounds/{run}/round{round}.sample.log",
     script:
@@ -45,6 +47,8 @@ rule rounds_dataset:
         base_model=result_settings(config, "base_model"),
     wildcard_constraints:
         round=r"[1-9][0-9]*",
+    conda:
+        "../envs/tracetune.yaml"
     log:
         "logs/rounds/{run}/round{round}.dataset.log",
     script:
