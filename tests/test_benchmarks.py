@@ -76,14 +76,16 @@ def test_summary_gives_accuracy_per_category_in_order():
         "multiple": {"n": 0, "passed": 0, "accuracy": None}}
 
 
-def test_benchmark_rule_asks_each_entry_with_its_functions_as_tools(tmp_path):
-    """A scripted model that knows one answer: factorial questions get the right call, the rest text."""
+def test_benchmark_rule_asks_each_entry_with_its_functions_as_tools(tmp_path, caplog):
+    """A scripted model that knows one answer: factorial questions get the right call, the rest text.
+    The log counts the entries as they finish."""
 
     def policy(messages, tools):
         if "factorial" in messages[-1]["content"]:
             return calls(("math_factorial", {"number": 5}))
         return answer("I cannot help with that.")
 
+    caplog.set_level("INFO", logger="tracetune.benchmarks")
     paths = {"results_path": str(tmp_path / "bfcl.jsonl"), "summary_path": str(tmp_path / "bfcl.json")}
     with FakeEndpoint(policy, sees_tools=True) as fake:
         summary = benchmark_to_files("bfcl", Endpoint(fake.base_url, "fake", timeout_s=10), Settings(concurrency=2),
@@ -102,6 +104,9 @@ def test_benchmark_rule_asks_each_entry_with_its_functions_as_tools(tmp_path):
         "id": "simple_python_0", "category": "simple_python", "passed": False, "why": "no function call",
         "content": None, "calls": []}
     assert json.loads((tmp_path / "bfcl.json").read_text()) == summary
+    progress = [r.getMessage() for r in caplog.records if "done (" in r.getMessage()]
+    assert [line.split(" (")[0] for line in progress] == [f"bfcl: {n}/4 done" for n in range(1, 5)]
+    assert "bfcl: 4/4 done" in progress[-1] and any("simple_python_1: passed" in line for line in progress)
 
 
 def test_a_benchmark_that_is_not_installed_is_one_line_before_any_job(monkeypatch, tmp_path):

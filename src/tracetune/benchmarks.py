@@ -115,11 +115,10 @@ def bfcl_verdict(item: dict, message: dict) -> tuple[bool, str]:
 
 async def ask_bfcl(items: list[dict], endpoint, settings) -> list[dict]:
     """One request per item with the item's functions as tools, `settings.concurrency` at a time."""
-    client = endpoint.client()
-    client = client.with_options(timeout=await request_timeout(client, endpoint, settings))
-    gate = asyncio.Semaphore(settings.concurrency)
+    gate, done = asyncio.Semaphore(settings.concurrency), 0
 
-    async def ask(item: dict) -> dict:
+    async def ask(client, item: dict) -> dict:
+        nonlocal done
         async with gate:
             response = await client.chat.completions.create(
                 model=endpoint.model, messages=item["messages"], tools=bfcl().tools(item["functions"]),
@@ -127,10 +126,15 @@ async def ask_bfcl(items: list[dict], endpoint, settings) -> list[dict]:
                 max_tokens=settings.max_tokens)
         message = normalize_assistant(response.choices[0].message.model_dump(), "call_")
         passed, why = bfcl_verdict(item, message)
+        done += 1
+        log.info("bfcl: %d/%d done (%s: %s)", done, len(items), item["id"], "passed" if passed else "failed")
         return {"id": item["id"], "category": item["category"], "passed": passed, "why": why,
                 "content": message["content"], "calls": [c["function"] for c in message.get("tool_calls", [])]}
 
-    return await asyncio.gather(*(ask(item) for item in items))
+    # Closed inside the loop: a client left to the garbage collector closes on a dead loop.
+    async with endpoint.client() as client:
+        client = client.with_options(timeout=await request_timeout(client, endpoint, settings))
+        return await asyncio.gather(*(ask(client, item) for item in items))
 
 
 def bfcl_summary(results: list[dict], categories: list[str]) -> dict:
