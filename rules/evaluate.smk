@@ -57,6 +57,9 @@ rule benchmark:
     output:
         results="data/eval/{model}/{benchmark}.jsonl",
         summary="data/eval/{model}/{benchmark}.json",
+    # After collect jobs: it shares its model's server (one thread) with that model's evaluation, so
+    # the two claim two cores and use one; run early, they left collection waiting with a core idle.
+    priority: -1
     params:
         code=code_of("benchmark.py"),
         bfcl=result_settings(config, "evaluate", "bfcl"),
